@@ -1,0 +1,323 @@
+"""Projections: a service's in-memory state, rebuilt from the log and kept current.
+
+A `Projection` says how one stream's events fold into state: `initial()` and `evolve(state, event)`.
+A `Projector` runs it: it loads the newest snapshot (if any), replays the stream's tail through an
+ordered consumer, reports ready once it has caught up with the stream as it was at start, and then
+follows new events live.
+
+Alongside the state it keeps what every service needs for safe writes:
+- each aggregate's `Version` (for optimistic concurrency on the next append);
+- the ids of the most recent commands it has seen applied (so a retried command is answered from
+  what already happened instead of being decided twice).
+
+Events of types this projection does not know (written by a newer version, or by another service)
+are skipped, never fatal. `evolve` must be deterministic and do no I/O. For speed it may update
+the state's containers in place and return the same object: the projector owns the state, and
+copying large indexes on every event would make replay quadratic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import math
+import operator
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import msgspec
+from nats.js import api
+
+from hw_events import observability, snapshots
+from hw_events.errors import ServiceUnavailable
+from hw_events.health import ReplayProgress
+from hw_events.messages import Envelope, Event, EventTypeHeader, Version, utcnow
+from hw_events.snapshots import SnapshotStore
+from hw_events.store import EventStore
+from hw_events.streams import StreamSpec
+
+S = TypeVar("S")
+
+_type_header = msgspec.json.Decoder(EventTypeHeader)
+
+
+@dataclass(frozen=True)
+class Projection(Generic[S]):
+    """How one stream's events fold into a service's state.
+
+    `schema` names the shape of the state; change it when an old snapshot can no longer be read
+    as the new state, and the next start replays from the beginning.
+    """
+
+    name: str
+    schema: str
+    state_type: type[S]
+    initial: Callable[[], S]
+    evolve: Callable[[S, Any], S]
+    event_types: tuple[type[Event], ...] = ()
+
+
+def parse_ack_reply(reply: str) -> tuple[int, int]:
+    """(stream sequence, pending count) from a JetStream delivery's reply subject.
+
+    Both the v1 form `$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<dseq>.<ts>.<pending>` and the
+    v2 form with domain and account hash (ADR-15) are understood.
+    """
+    tokens = reply.split(".")
+    if len(tokens) == 9:
+        return int(tokens[5]), int(tokens[8])
+    return int(tokens[7]), int(tokens[10])
+
+
+class Projector(Generic[S]):
+    """Keeps `state` equal to the fold of a stream's events, from snapshot plus tail, then live."""
+
+    def __init__(
+        self,
+        nc: Any,
+        stream: StreamSpec,
+        projection: Projection[S],
+        *,
+        subjects: Sequence[str] | None = None,
+        snapshots: SnapshotStore | None = None,
+        snapshot_every: int = 10_000,
+        remember_commands: int = 10_000,
+    ) -> None:
+        self._nc = nc
+        self._js = nc.jetstream()
+        self.stream = stream
+        self.projection = projection
+        self.subjects = tuple(subjects or stream.subjects)
+        self._snapshots = snapshots
+        self._snapshot_every = snapshot_every
+        self._remember = remember_commands
+        self._log = observability.log(projection=projection.name, stream=stream.name)
+
+        self.state: S = projection.initial()
+        self.applied = 0  # stream sequence of the last message read
+        self.pending = 0
+        self.positions: dict[str, Version] = {}
+        self.skipped = 0  # messages of unknown types, or that could not be decoded
+        self._commands: dict[str, int] = {}
+        self._since_snapshot = 0
+        self._target = 0
+        self._ready = asyncio.Event()
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._min_waiter = math.inf
+        self._sub: Any = None
+        self._unknown_types: set[str] = set()
+        if projection.event_types:
+            union: Any = functools.reduce(operator.or_, projection.event_types)
+            self._decode: Callable[[bytes], Envelope[Any]] | None = msgspec.json.Decoder(
+                Envelope[union]
+            ).decode
+        else:
+            self._decode = None
+        self._state_decoder = msgspec.msgpack.Decoder(projection.state_type)
+        self._state_encoder = msgspec.msgpack.Encoder()
+
+    @property
+    def snapshot_key(self) -> str:
+        return f"{self.stream.name}.{self.projection.name}"
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load the snapshot, start replaying; returns at once (see `wait_ready`)."""
+        info = await self._js.stream_info(self.stream.name)
+        if self._snapshots is not None:
+            await self._restore(info.state.last_seq)
+        self._target = await EventStore(self._nc).last_sequence(self.stream.name, self.subjects)
+        start = self.applied + 1
+        if self._target < start:
+            self._ready.set()
+        config = api.ConsumerConfig(
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=start,
+            filter_subjects=list(self.subjects) if len(self.subjects) > 1 else None,
+        )
+        self._sub = await self._js.subscribe(
+            self.subjects[0],
+            stream=self.stream.name,
+            cb=self._on_message,
+            ordered_consumer=True,
+            config=config,
+        )
+
+    async def wait_ready(self, timeout: float | None = None) -> None:
+        """Return once the projector has caught up with the stream as it was at start."""
+        try:
+            await asyncio.wait_for(self._ready.wait(), timeout)
+        except TimeoutError:
+            raise ServiceUnavailable(
+                f"{self.projection.name} did not catch up with {self.stream.name} within {timeout:g}s "
+                f"(at {self.applied} of {self._target})"
+            ) from None
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    async def stop(self, *, snapshot: bool = True) -> None:
+        """Stop following the stream; save a snapshot if anything was read since the last one."""
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+            self._sub = None
+        if snapshot and self._since_snapshot:
+            await self.save_snapshot()
+        for _, future in self._waiters:
+            if not future.done():
+                future.set_exception(ServiceUnavailable(f"{self.projection.name} projection stopped"))
+        self._waiters.clear()
+
+    # --- reading the stream ------------------------------------------------------------------------
+
+    async def _on_message(self, msg: Any) -> None:
+        seq, pending = parse_ack_reply(msg.reply)
+        self.apply(msg.subject, msg.data, seq)
+        self.pending = pending
+        if not self._ready.is_set() and (seq >= self._target or pending == 0):
+            self._ready.set()
+            self._log.info("replay_caught_up", seq=seq, skipped=self.skipped)
+        if seq >= self._min_waiter:
+            self._wake(seq)
+        if self._since_snapshot >= self._snapshot_every and self._snapshots is not None:
+            await self.save_snapshot()
+
+    def apply(self, subject: str, data: bytes, seq: int) -> None:
+        """Fold one stored message into the state (the hot path of replay)."""
+        self.applied = seq
+        self._since_snapshot += 1
+        if self._decode is None:  # knows no event types yet: nothing to fold, nothing to report
+            self.skipped += 1
+            return
+        try:
+            envelope = self._decode(data)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            self._skip(data, seq)
+            return
+        try:
+            self.state = self.projection.evolve(self.state, envelope.event)
+        except Exception:
+            # A bug in evolve must not stop the service; say exactly which event could not be applied.
+            self.skipped += 1
+            self._log.exception("evolve_failed", seq=seq, subject=subject, event_id=envelope.id)
+            return
+        self.positions[subject] = Version(seq, envelope.version)
+        if envelope.command:
+            self._remember_command(envelope.command, seq)
+
+    def _skip(self, data: bytes, seq: int) -> None:
+        self.skipped += 1
+        try:
+            event_type = _type_header.decode(data).event.type
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            self._log.warning("undecodable_event_skipped", seq=seq)
+            return
+        known = {cfg.tag for cfg in (t.__struct_config__ for t in self.projection.event_types)}
+        if event_type in known:
+            self._log.warning("malformed_event_skipped", seq=seq, event_type=event_type)
+        elif event_type not in self._unknown_types:
+            self._unknown_types.add(event_type)  # log each unknown type once, not once per event
+            self._log.info("unknown_event_type_skipped", seq=seq, event_type=event_type)
+
+    def _remember_command(self, command: str, seq: int) -> None:
+        self._commands[command] = seq
+        if len(self._commands) > 2 * self._remember:
+            keep = list(self._commands.items())[-self._remember :]
+            self._commands = dict(keep)
+
+    # --- what writers need -------------------------------------------------------------------------
+
+    def version(self, subject: str) -> Version:
+        """The aggregate's version as this projector has seen it (new if it has no events)."""
+        return self.positions.get(subject) or Version.new()
+
+    def seen(self, command_id: str) -> int | None:
+        """The stream sequence of the last event caused by `command_id`, if it was applied here."""
+        return self._commands.get(command_id)
+
+    async def wait_for(self, seq: int, timeout: float = 5.0) -> None:
+        """Return once the event at stream sequence `seq` (or a later one) has been applied."""
+        if self.applied >= seq:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((seq, future))
+        self._min_waiter = min(self._min_waiter, seq)
+        try:
+            await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            raise ServiceUnavailable(
+                f"{self.projection.name} has not seen sequence {seq} of {self.stream.name} after {timeout:g}s"
+            ) from None
+
+    def _wake(self, seq: int) -> None:
+        still: list[tuple[int, asyncio.Future[None]]] = []
+        for wanted, future in self._waiters:
+            if wanted <= seq:
+                if not future.done():
+                    future.set_result(None)
+            else:
+                still.append((wanted, future))
+        self._waiters = still
+        self._min_waiter = min((w for w, _ in still), default=math.inf)
+
+    def progress(self) -> ReplayProgress:
+        return ReplayProgress(
+            stream=self.stream.name, applied=self.applied, pending=self.pending, ready=self.ready
+        )
+
+    # --- snapshots ---------------------------------------------------------------------------------
+
+    async def save_snapshot(self) -> None:
+        """Save state and positions now. Failure is logged, not raised: a snapshot is only a cache."""
+        if self._snapshots is None:
+            return
+        snapshot = snapshots.Snapshot(
+            projection=self.projection.name,
+            schema=self.projection.schema,
+            stream=self.stream.name,
+            seq=self.applied,
+            taken=utcnow(),
+            positions=self.positions,
+            commands=list(self._commands)[-self._remember :],
+            state=msgspec.Raw(self._state_encoder.encode(self.state)),
+        )
+        data = snapshots.encode(snapshot)
+        self._since_snapshot = 0
+        try:
+            await self._snapshots.save(self.snapshot_key, data)
+        except Exception as err:
+            self._log.warning("snapshot_save_failed", error=str(err), seq=snapshot.seq)
+        else:
+            self._log.debug("snapshot_saved", seq=snapshot.seq, bytes=len(data))
+
+    async def _restore(self, stream_last_seq: int) -> None:
+        assert self._snapshots is not None
+        try:
+            data = await self._snapshots.load(self.snapshot_key)
+        except Exception as err:
+            self._log.warning("snapshot_unreadable", error=str(err))
+            return
+        if data is None:
+            return
+        reason = None
+        try:
+            snapshot = snapshots.decode(data)
+            if snapshot.schema != self.projection.schema:
+                reason = f"schema {snapshot.schema!r} is not {self.projection.schema!r}"
+            elif snapshot.seq > stream_last_seq:
+                reason = f"it is at sequence {snapshot.seq} but the stream ends at {stream_last_seq}"
+            else:
+                state = self._state_decoder.decode(snapshot.state)
+        except (msgspec.ValidationError, msgspec.DecodeError) as err:
+            reason = f"it cannot be decoded: {err}"
+        if reason is not None:
+            self._log.warning("snapshot_ignored", reason=reason)
+            return
+        self.state = state
+        self.applied = snapshot.seq
+        self.positions = dict(snapshot.positions)
+        self._commands = dict.fromkeys(snapshot.commands, snapshot.seq)
+        self._log.info("snapshot_loaded", seq=snapshot.seq, taken=snapshot.taken.isoformat())

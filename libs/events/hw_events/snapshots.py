@@ -1,0 +1,102 @@
+"""Snapshots of projections, so a restart replays only the tail of the log.
+
+A snapshot is stored in the `hw_snapshots` KV bucket under `<stream>.<projection>`. A state too big
+for one NATS message goes into the `hw_snapshot_blobs` object store (chunked), and the KV entry
+points at it. A snapshot is only a cache: when it is missing, unreadable, of another schema, or
+ahead of the stream, the projection replays from the start and nothing is lost.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import msgspec
+from nats.js.errors import BucketNotFoundError, NotFoundError, ObjectNotFoundError
+
+from hw_events import subjects
+from hw_events.messages import Version
+
+_OBJECT_REF = b"@object:"
+_HEADROOM = 4096  # bytes of a NATS message left for headers and subject
+
+
+class Snapshot(msgspec.Struct, kw_only=True):
+    projection: str
+    schema: str
+    stream: str
+    seq: int
+    taken: datetime
+    positions: dict[str, Version]
+    commands: list[str]
+    state: msgspec.Raw
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Snapshot)
+
+
+def encode(snapshot: Snapshot) -> bytes:
+    return _encoder.encode(snapshot)
+
+
+def decode(data: bytes) -> Snapshot:
+    return _decoder.decode(data)
+
+
+class SnapshotStore:
+    """Saves and loads snapshot bytes by key; opens its buckets on first use."""
+
+    def __init__(
+        self, js: Any, *, bucket: str = subjects.SNAPSHOT_BUCKET, objects: str = subjects.SNAPSHOT_OBJECTS
+    ):
+        self._js = js
+        self._bucket_name = bucket
+        self._objects_name = objects
+        self._kv: Any = None
+        self._obs: Any = None
+        self.max_inline = 1024 * 1024 - _HEADROOM
+
+    async def _bucket(self) -> Any:
+        if self._kv is None:
+            try:
+                self._kv = await self._js.key_value(self._bucket_name)
+            except BucketNotFoundError:
+                self._kv = await self._js.create_key_value(bucket=self._bucket_name, history=1)
+            max_payload = getattr(self._js._nc, "max_payload", 0)
+            if max_payload:
+                self.max_inline = min(self.max_inline, max_payload - _HEADROOM)
+        return self._kv
+
+    async def _objects(self) -> Any:
+        if self._obs is None:
+            try:
+                self._obs = await self._js.object_store(self._objects_name)
+            except (BucketNotFoundError, NotFoundError):
+                self._obs = await self._js.create_object_store(self._objects_name)
+        return self._obs
+
+    async def save(self, key: str, data: bytes) -> None:
+        kv = await self._bucket()
+        if len(data) <= self.max_inline:
+            await kv.put(key, data)
+            return
+        obs = await self._objects()
+        await obs.put(key, data)
+        await kv.put(key, _OBJECT_REF + key.encode())
+
+    async def load(self, key: str) -> bytes | None:
+        kv = await self._bucket()
+        try:
+            entry = await kv.get(key)
+        except NotFoundError:  # never saved, or deleted
+            return None
+        data: bytes = entry.value or b""
+        if data.startswith(_OBJECT_REF):
+            obs = await self._objects()
+            try:
+                result = await obs.get(data[len(_OBJECT_REF) :].decode())
+            except ObjectNotFoundError:
+                return None
+            return bytes(result.data)
+        return data

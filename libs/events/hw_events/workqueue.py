@@ -1,0 +1,269 @@
+"""Work that must be done once: a durable pull consumer on the `HW_TASKS` work-queue stream.
+
+A task is acked only when its work is done, so a worker that dies leaves it to be redelivered to
+another. While a handler runs, heartbeats (`in_progress`) keep a long task from being redelivered
+behind its live worker's back. What the handler raises decides what happens next:
+
+- returns: ack (the stream deletes the task);
+- `UserError`: the task itself is wrong and retrying cannot help: dead-letter it now;
+- anything else (`TransientError`, a crash): nak with a growing delay, and after `max_attempts`
+  dead-letter it with the last error as the reason.
+
+Deliveries are bounded: the consumer allows one delivery beyond `max_attempts`, so a task whose
+worker died on its last attempt is seen once more and dead-lettered instead of lost. Dead letters
+keep the original subject, payload and headers in `HW_DLQ`, with the reason in `Hw-Dead-*` headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import nats.errors
+from nats.js import api
+from nats.js.errors import BadRequestError
+
+from hw_events import observability, streams, subjects
+from hw_events.errors import UserError
+from hw_events.store import read_messages
+from hw_events.streams import StreamSpec
+
+DEAD_REASON = "Hw-Dead-Reason"
+DEAD_STREAM = "Hw-Dead-Stream"
+DEAD_SEQUENCE = "Hw-Dead-Sequence"
+DEAD_DELIVERIES = "Hw-Dead-Deliveries"
+DEAD_CONSUMER = "Hw-Dead-Consumer"
+DEAD_SUBJECT = "Hw-Dead-Subject"
+
+_CONSUMER_EXISTS = 10148
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    """One kind of work: which tasks, which durable consumer, how often to try."""
+
+    subject: str  # filter, e.g. "hw.task.datum.>"
+    durable: str
+    max_attempts: int = 3
+    ack_wait: float = 30.0  # seconds without a heartbeat before a task is redelivered
+    backoff: tuple[float, ...] = (1.0, 5.0, 30.0)  # nak delay after attempt 1, 2, 3...
+    max_ack_pending: int = 1000
+    stream: StreamSpec = streams.TASKS
+    dead_letters: StreamSpec = streams.DLQ
+
+    def delay_after(self, attempt: int) -> float:
+        return self.backoff[min(attempt, len(self.backoff)) - 1] if self.backoff else 0.0
+
+
+@dataclass
+class Task:
+    """One delivery of a task; settle it at most once (the queue settles it if the handler does not)."""
+
+    msg: Any
+    queue: WorkQueue
+    settled: bool = field(default=False)
+
+    @property
+    def data(self) -> bytes:
+        return bytes(self.msg.data)
+
+    @property
+    def subject(self) -> str:
+        return str(self.msg.subject)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return dict(self.msg.headers or {})
+
+    @property
+    def attempt(self) -> int:
+        """1 on the first delivery."""
+        return int(self.msg.metadata.num_delivered)
+
+    @property
+    def seq(self) -> int:
+        return int(self.msg.metadata.sequence.stream)
+
+    def decode(self, type_: type[Any]) -> Any:
+        return msgspec.json.decode(self.msg.data, type=type_)
+
+    async def ack(self) -> None:
+        if not self.settled:
+            self.settled = True
+            await self.msg.ack()
+
+    async def nak(self, delay: float = 0.0) -> None:
+        if not self.settled:
+            self.settled = True
+            await self.msg.nak(delay=delay or None)
+
+    async def in_progress(self) -> None:
+        if not self.settled:
+            await self.msg.in_progress()
+
+    async def dead_letter(self, reason: str) -> None:
+        """Keep the task in the dead-letter stream with `reason`, then remove it from the queue."""
+        if self.settled:
+            return
+        await self.queue.keep_dead_letter(self, reason)
+        self.settled = True
+        await self.msg.term()
+
+
+class WorkQueue:
+    """Submits tasks to, and runs handlers over, one durable pull consumer."""
+
+    def __init__(self, nc: Any, spec: QueueSpec) -> None:
+        self._nc = nc
+        self._js = nc.jetstream()
+        self.spec = spec
+        self._log = observability.log(queue=spec.durable)
+
+    def _consumer_config(self) -> api.ConsumerConfig:
+        return api.ConsumerConfig(
+            durable_name=self.spec.durable,
+            filter_subject=self.spec.subject,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            ack_wait=self.spec.ack_wait,
+            max_deliver=self.spec.max_attempts + 1,
+            max_ack_pending=self.spec.max_ack_pending,
+            deliver_policy=api.DeliverPolicy.ALL,
+        )
+
+    async def ensure(self) -> None:
+        """Create the durable consumer, or update its settings."""
+        try:
+            await self._js.add_consumer(self.spec.stream.name, self._consumer_config())
+        except BadRequestError as err:
+            if err.err_code != _CONSUMER_EXISTS:
+                raise
+            await self._js.update_consumer(self.spec.stream.name, self._consumer_config())
+
+    async def submit(self, subject: str, payload: bytes, *, msg_id: str | None = None) -> int:
+        """Queue a task; with `msg_id`, submitting the same task twice queues it once."""
+        headers = observability.inject()
+        if msg_id:
+            headers[api.Header.MSG_ID] = msg_id
+        ack = await self._js.publish(subject, payload, headers=headers)
+        return int(ack.seq)
+
+    async def run(
+        self,
+        handler: Callable[[Task], Awaitable[None]],
+        *,
+        stop: asyncio.Event,
+        concurrency: int = 1,
+        poll: float = 1.0,
+    ) -> None:
+        """Take tasks and run `handler` on up to `concurrency` at once, until `stop` is set.
+
+        Tasks already taken are finished before this returns.
+        """
+        psub = await self._js.pull_subscribe_bind(self.spec.durable, stream=self.spec.stream.name)
+        running: set[asyncio.Task[None]] = set()
+        try:
+            while not stop.is_set():
+                free = concurrency - len(running)
+                if free <= 0:
+                    await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                try:
+                    msgs = await psub.fetch(free, timeout=poll)
+                except nats.errors.TimeoutError:
+                    continue
+                for msg in msgs:
+                    job = asyncio.create_task(self._process(Task(msg, self), handler))
+                    running.add(job)
+                    job.add_done_callback(running.discard)
+        finally:
+            if running:
+                await asyncio.wait(running)
+            with contextlib.suppress(Exception):
+                await psub.unsubscribe()
+
+    async def _process(self, task: Task, handler: Callable[[Task], Awaitable[None]]) -> None:
+        log = self._log.bind(subject=task.subject, seq=task.seq, attempt=task.attempt)
+        if task.attempt > self.spec.max_attempts:
+            await task.dead_letter(
+                f"gave up after {self.spec.max_attempts} attempts: the last worker to take it "
+                "stopped before finishing"
+            )
+            log.warning("task_dead_lettered", reason="worker lost on last attempt")
+            return
+        beat = asyncio.create_task(self._heartbeat(task))
+        parent = observability.extract(task.headers)
+        try:
+            with observability.tracer().start_as_current_span(f"task {self.spec.durable}", context=parent):
+                await handler(task)
+        except UserError as err:
+            await task.dead_letter(f"rejected: {err.message}")
+            log.warning("task_rejected", error=err.message)
+        except Exception as err:
+            reason = f"{type(err).__name__}: {err}"
+            if task.attempt >= self.spec.max_attempts:
+                await task.dead_letter(f"failed {task.attempt} times; last error: {reason}")
+                log.error("task_dead_lettered", error=reason)
+            else:
+                delay = self.spec.delay_after(task.attempt)
+                await task.nak(delay)
+                log.warning("task_retry_later", error=reason, delay=delay)
+        else:
+            await task.ack()
+        finally:
+            beat.cancel()
+
+    async def _heartbeat(self, task: Task) -> None:
+        interval = max(self.spec.ack_wait / 3, 0.1)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await task.in_progress()
+            except nats.errors.Error as err:
+                self._log.warning("heartbeat_failed", error=str(err))
+
+    async def keep_dead_letter(self, task: Task, reason: str) -> None:
+        meta = task.msg.metadata
+        headers = {k: v for k, v in task.headers.items() if not k.startswith("Nats-")}
+        headers.update(
+            {
+                DEAD_REASON: reason,
+                DEAD_STREAM: meta.stream,
+                DEAD_SEQUENCE: str(meta.sequence.stream),
+                DEAD_DELIVERIES: str(meta.num_delivered),
+                DEAD_CONSUMER: meta.consumer,
+                DEAD_SUBJECT: task.subject,
+                # The same task dead-lettered twice (a retried term) is kept once.
+                api.Header.MSG_ID: f"dead:{meta.stream}:{meta.sequence.stream}",
+            }
+        )
+        await self._js.publish(subjects.dead_letter_subject(task.subject), task.data, headers=headers)
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    subject: str  # where the task was submitted
+    data: bytes
+    reason: str
+    deliveries: int
+    headers: dict[str, str]
+
+
+async def dead_letters(nc: Any, subject: str = ">", *, spec: StreamSpec = streams.DLQ) -> list[DeadLetter]:
+    """What the dead-letter stream holds for tasks whose subject matches `subject`."""
+    out = []
+    for msg in await read_messages(nc.jetstream(), spec.name, subjects.dead_letter_subject(subject)):
+        headers = dict(msg.headers or {})
+        out.append(
+            DeadLetter(
+                subject=headers.get(DEAD_SUBJECT, msg.subject.removeprefix(subjects.DLQ_PREFIX)),
+                data=bytes(msg.data),
+                reason=headers.get(DEAD_REASON, ""),
+                deliveries=int(headers.get(DEAD_DELIVERIES, "0")),
+                headers=headers,
+            )
+        )
+    return out

@@ -1,0 +1,1 @@
+"""hwctl: the command line and Python client of Headwater."""

@@ -1,0 +1,1 @@
+"""Headwater builder service."""

@@ -1,0 +1,3 @@
+from hw_builder.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""Headwater file store service: repos, branches, commits and files."""

@@ -1,0 +1,3 @@
+from hw_fs.main import main
+
+main()

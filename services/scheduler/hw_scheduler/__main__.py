@@ -1,0 +1,3 @@
+from hw_scheduler.main import main
+
+main()

@@ -1,0 +1,3 @@
+from hw_triggers.main import main
+
+main()

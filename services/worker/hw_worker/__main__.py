@@ -1,0 +1,3 @@
+from hw_worker.main import main
+
+main()
