@@ -20,6 +20,7 @@ class ReplayProgress(msgspec.Struct, frozen=True, kw_only=True):
     applied: int  # stream sequence of the last message read
     pending: int  # messages known to be left to read
     ready: bool  # caught up with the stream as it was at start, now following it live
+    read: int = 0  # messages read since this instance started (after a snapshot: only the tail)
 
 
 class Health(msgspec.Struct, frozen=True, kw_only=True):

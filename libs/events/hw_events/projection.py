@@ -99,6 +99,7 @@ class Projector(Generic[S]):
         self.pending = 0
         self.positions: dict[str, Version] = {}
         self.skipped = 0  # messages of unknown types, or that could not be decoded
+        self.read = 0  # messages read since start (a restart from a snapshot reads only the tail)
         self._commands: dict[str, int] = {}
         self._since_snapshot = 0
         self._target = 0
@@ -188,6 +189,7 @@ class Projector(Generic[S]):
     def apply(self, subject: str, data: bytes, seq: int) -> None:
         """Fold one stored message into the state (the hot path of replay)."""
         self.applied = seq
+        self.read += 1
         self._since_snapshot += 1
         if self._decode is None:  # knows no event types yet: nothing to fold, nothing to report
             self.skipped += 1
@@ -265,7 +267,11 @@ class Projector(Generic[S]):
 
     def progress(self) -> ReplayProgress:
         return ReplayProgress(
-            stream=self.stream.name, applied=self.applied, pending=self.pending, ready=self.ready
+            stream=self.stream.name,
+            applied=self.applied,
+            pending=self.pending,
+            ready=self.ready,
+            read=self.read,
         )
 
     # --- snapshots ---------------------------------------------------------------------------------

@@ -77,6 +77,7 @@ class Runtime:
         self.instance = f"{socket.gethostname()}-{os.getpid()}"
         self.started = utcnow()
         self.stopping = asyncio.Event()
+        self.accepting = False  # commands are subscribed and the server knows it
         self.log = observability.log()
         self.projectors: dict[str, Projector[Any]] = {
             r.projection.name: Projector(
@@ -100,7 +101,8 @@ class Runtime:
 
     @property
     def ready(self) -> bool:
-        return all(p.ready for p in self.projectors.values())
+        """Caught up with the log and taking commands: what `hwctl up` waits for."""
+        return self.accepting and all(p.ready for p in self.projectors.values())
 
     def health(self) -> Health:
         return Health(
@@ -162,36 +164,37 @@ class Runtime:
 async def connect(url: str, name: str, *, timeout: float = 30.0) -> Any:
     """Connect to NATS, retrying until `timeout`; afterwards reconnect forever."""
     log = observability.log()
+    client: Any = None
+
+    async def on_error(err: Exception) -> None:
+        log.warning("nats_error", error=f"{type(err).__name__}: {err}")
+
+    async def on_disconnected() -> None:
+        if client is not None and not (client.is_closed or client.is_draining):  # not when we stop
+            log.warning("nats_disconnected")
+
+    async def on_reconnected() -> None:
+        log.info("nats_reconnected")
+
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         try:
-            return await nats.connect(
+            client = await nats.connect(
                 url,
                 name=name,
                 connect_timeout=2,
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,
-                error_cb=_log_nats_error,
-                disconnected_cb=_log_disconnected,
-                reconnected_cb=_log_reconnected,
+                error_cb=on_error,
+                disconnected_cb=on_disconnected,
+                reconnected_cb=on_reconnected,
             )
+            return client
         except (OSError, nats.errors.NoServersError, nats.errors.TimeoutError) as err:
             if asyncio.get_running_loop().time() >= deadline:
                 raise
             log.info("nats_not_reachable_yet", url=url, error=str(err))
             await asyncio.sleep(0.25)
-
-
-async def _log_nats_error(err: Exception) -> None:
-    observability.log().warning("nats_error", error=f"{type(err).__name__}: {err}")
-
-
-async def _log_disconnected() -> None:
-    observability.log().warning("nats_disconnected")
-
-
-async def _log_reconnected() -> None:
-    observability.log().info("nats_reconnected")
 
 
 async def serve(
@@ -219,10 +222,13 @@ async def serve(
 
     server = CommandServer(nc, spec.name, spec.setup(runtime))
     await server.start()
+    await nc.flush()  # the server has our subscription before health says ready
+    runtime.accepting = True
     log.info("service_ready", replay=[p.progress().applied for p in runtime.projectors.values()])
 
     await stop.wait()
     log.info("service_stopping")
+    runtime.accepting = False
     runtime.stopping.set()
     await server.stop()
     await runtime._background_done(timeout=10)

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import msgspec
 import nats.errors
 from nats.js import api
-from nats.js.errors import APIError, NotFoundError
+from nats.js.errors import NotFoundError
 
 from hw_events import observability
 from hw_events.errors import ConcurrencyConflict, InternalError, ServiceUnavailable, UserError
@@ -104,10 +104,15 @@ def _conflict(subject: str, expected: Version | None, description: str) -> Concu
 class EventStore:
     """Appends to and reads from Headwater's event streams over one NATS connection."""
 
-    def __init__(self, nc: Any, *, timeout: float = 5.0) -> None:
+    def __init__(self, nc: Any, *, timeout: float = 5.0, max_in_flight: int = 4000) -> None:
         self._nc = nc
         self._js = nc.jetstream()
         self._timeout = timeout
+        # Pipelined appends: acks arrive on one inbox; at most `max_in_flight` wait at once.
+        self._ack_prefix: str | None = None
+        self._acks: dict[str, asyncio.Future[_PubAck]] = {}
+        self._next_ack = 0
+        self._in_flight = asyncio.Semaphore(max_in_flight)
 
     # --- writing -----------------------------------------------------------------------------------
 
@@ -224,31 +229,72 @@ class EventStore:
         Each `Append` holds one event; an aggregate may appear once per call when its expected
         version is given (the next expected sequence is unknown until the previous ack returns).
         Returns the new versions in order; raises the first failure after all have settled.
+
+        Acks come back on one inbox of our own rather than through nats-py's `publish_async`,
+        which leaves a refused publish's future pending forever (nats-io/nats.py#985).
         """
+        inbox = await self._ack_inbox()
         trace = observability.inject()
-        pending: list[tuple[Append, asyncio.Future[api.PubAck]]] = []
+        pending: list[tuple[Append, asyncio.Future[_PubAck]]] = []
+        loop = asyncio.get_running_loop()
         for append in appends:
             if len(append.events) != 1:
                 raise ValueError("append_many takes one event per Append; use append_together for more")
             msg_id, payload = self._envelopes(append, trace)[0]
-            future = await self._js.publish_async(
-                append.subject, payload, headers=_headers(msg_id, append.expected)
+            await self._in_flight.acquire()
+            future: asyncio.Future[_PubAck] = loop.create_future()
+            future.add_done_callback(self._release_in_flight)
+            self._next_ack += 1
+            token = str(self._next_ack)
+            self._acks[token] = future
+            await self._nc.publish(
+                append.subject, payload, reply=f"{inbox}.{token}", headers=_headers(msg_id, append.expected)
             )
             pending.append((append, future))
-        results = await asyncio.gather(*(f for _, f in pending), return_exceptions=True)
+        if not pending:
+            return []
+        _, late = await asyncio.wait([f for _, f in pending], timeout=self._timeout)
+        if late:
+            for token in [t for t, f in self._acks.items() if f in late]:
+                del self._acks[token]
+            for future in late:
+                future.set_exception(
+                    ServiceUnavailable(f"JetStream did not acknowledge within {self._timeout:g}s")
+                )
         versions: list[Version] = []
         failure: Exception | None = None
-        for (append, _), result in zip(pending, results, strict=True):
-            if isinstance(result, BaseException):
-                if failure is None:
-                    failure = self._translate(append.subject, append.expected, result)
+        for append, future in pending:
+            error = future.exception()
+            ack = None if error else future.result()
+            if error is None and ack is not None and ack.error is not None:
+                error = self._append_error(append.subject, append.expected, ack.error)
+            if error is not None or ack is None:
+                failure = failure or (error if isinstance(error, Exception) else InternalError(repr(error)))
                 versions.append(Version())
             else:
                 base = append.expected.count if append.expected else 0
-                versions.append(Version(result.seq, base + 1))
+                versions.append(Version(ack.seq, base + 1))
         if failure is not None:
             raise failure
         return versions
+
+    async def _ack_inbox(self) -> str:
+        if self._ack_prefix is None:
+            self._ack_prefix = self._nc.new_inbox()
+            await self._nc.subscribe(f"{self._ack_prefix}.*", cb=self._on_ack)
+        return self._ack_prefix
+
+    async def _on_ack(self, msg: Any) -> None:
+        future = self._acks.pop(msg.subject.rsplit(".", 1)[-1], None)
+        if future is None or future.done():
+            return
+        if msg.headers and msg.headers.get(api.Header.STATUS) == "503":
+            future.set_exception(ServiceUnavailable(f"no stream stores what was appended ({msg.subject})"))
+        else:
+            future.set_result(_ack_decoder.decode(msg.data))
+
+    def _release_in_flight(self, _: asyncio.Future[_PubAck]) -> None:
+        self._in_flight.release()
 
     async def _request(
         self, subject: str, payload: bytes, headers: dict[str, str], *, allow_empty: bool = False
@@ -275,15 +321,6 @@ class EventStore:
         return InternalError(
             f"JetStream refused an append to {subject!r}: {error.description} (code {error.err_code})"
         )
-
-    def _translate(self, subject: str, expected: Version | None, err: BaseException) -> Exception:
-        if isinstance(err, APIError) and err.err_code == WRONG_LAST_SEQUENCE:
-            return _conflict(subject, expected, err.description or "")
-        if isinstance(err, APIError):
-            return InternalError(f"JetStream refused an append to {subject!r}: {err.description}")
-        if isinstance(err, (nats.errors.TimeoutError, asyncio.TimeoutError)):
-            return ServiceUnavailable(f"JetStream did not acknowledge an append to {subject!r}")
-        return err if isinstance(err, Exception) else InternalError(repr(err))
 
     # --- reading -----------------------------------------------------------------------------------
 

@@ -1,0 +1,60 @@
+"""Small event types for tests of the log machinery (not part of Headwater's schemas)."""
+
+from __future__ import annotations
+
+import msgspec
+
+from hw_events.messages import Command, Event
+
+
+class Deposited(Event, frozen=True, kw_only=True, tag="test_deposited"):
+    account: str
+    amount: int
+
+
+class Withdrawn(Event, frozen=True, kw_only=True, tag="test_withdrawn"):
+    account: str
+    amount: int
+
+
+class Renamed(Event, frozen=True, kw_only=True, tag="test_renamed"):
+    """A type older readers do not know (added 'later')."""
+
+    account: str
+    name: str
+
+
+class Balances(msgspec.Struct, kw_only=True):
+    accounts: dict[str, int] = msgspec.field(default_factory=dict)
+    applied: int = 0
+
+
+def evolve(state: Balances, event: Deposited | Withdrawn) -> Balances:
+    match event:
+        case Deposited(account=account, amount=amount):
+            state.accounts[account] = state.accounts.get(account, 0) + amount
+        case Withdrawn(account=account, amount=amount):
+            state.accounts[account] = state.accounts.get(account, 0) - amount
+        case _:
+            raise TypeError(type(event).__name__)
+    state.applied += 1
+    return state
+
+
+class Deposit(Command, frozen=True, kw_only=True, tag="test_deposit"):
+    account: str
+    amount: int
+
+
+class Explode(Command, frozen=True, kw_only=True, tag="test_explode"):
+    """A command whose handler has a bug."""
+
+
+class Dawdle(Command, frozen=True, kw_only=True, tag="test_dawdle"):
+    seconds: float
+
+
+class Receipt(msgspec.Struct, frozen=True, kw_only=True):
+    account: str
+    balance: int
+    handled_by: str = ""

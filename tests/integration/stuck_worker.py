@@ -1,0 +1,31 @@
+"""A worker process that takes one task and never finishes it (the test SIGKILLs it).
+
+python -m tests.integration.stuck_worker NATS_URL SUBJECT DURABLE ACK_WAIT MAX_ATTEMPTS
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import nats
+
+from hw_events.workqueue import QueueSpec, Task, WorkQueue
+
+
+async def main(url: str, subject: str, durable: str, ack_wait: float, max_attempts: int) -> None:
+    nc = await nats.connect(url)
+    queue = WorkQueue(
+        nc, QueueSpec(subject=subject, durable=durable, ack_wait=ack_wait, max_attempts=max_attempts)
+    )
+
+    async def hang(task: Task) -> None:
+        print(f"took attempt {task.attempt}", flush=True)
+        await asyncio.sleep(3600)
+
+    await queue.run(hang, stop=asyncio.Event())
+
+
+if __name__ == "__main__":
+    url, subject, durable, ack_wait, attempts = sys.argv[1:6]
+    asyncio.run(main(url, subject, durable, float(ack_wait), int(attempts)))

@@ -1,0 +1,141 @@
+"""The event store against a real nats-server: conditional, idempotent, atomic appends."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from hw_events.errors import ConcurrencyConflict
+from hw_events.messages import Version
+from hw_events.store import Append, EventStore
+from hw_events.streams import StreamSpec
+from tests.helpers import Deposited, Withdrawn
+
+
+def subject(stream: StreamSpec, aggregate: str) -> str:
+    return stream.subjects[0].replace(">", aggregate)
+
+
+async def test_two_concurrent_appends_at_the_same_version_exactly_one_lands(
+    nc: Any, event_stream: StreamSpec
+) -> None:
+    store = EventStore(nc)
+    acct = subject(event_stream, "alice")
+    v1 = await store.append(acct, [Deposited(account="alice", amount=10)], expected=Version.new())
+
+    results = await asyncio.gather(
+        store.append(acct, [Deposited(account="alice", amount=1)], expected=v1),
+        store.append(acct, [Withdrawn(account="alice", amount=2)], expected=v1),
+        return_exceptions=True,
+    )
+
+    landed = [r for r in results if isinstance(r, Version)]
+    conflicts = [r for r in results if isinstance(r, ConcurrencyConflict)]
+    assert len(landed) == 1 and len(conflicts) == 1, results
+    assert conflicts[0].retryable and conflicts[0].actual == landed[0].seq
+    assert "changed while this request was being decided" in conflicts[0].message
+    events = await store.read(event_stream.name, acct, Deposited | Withdrawn)
+    assert [e.envelope.version for e in events] == [1, 2]
+
+
+async def test_creating_an_aggregate_twice_conflicts(nc: Any, event_stream: StreamSpec) -> None:
+    store = EventStore(nc)
+    acct = subject(event_stream, "bob")
+    await store.append(acct, [Deposited(account="bob", amount=1)], expected=Version.new())
+    with pytest.raises(ConcurrencyConflict):
+        await store.append(acct, [Deposited(account="bob", amount=1)], expected=Version.new())
+
+
+async def test_the_same_command_appended_twice_lands_once(nc: Any, event_stream: StreamSpec) -> None:
+    store = EventStore(nc)
+    acct = subject(event_stream, "carol")
+    event = Deposited(account="carol", amount=5)
+    first = await store.append(acct, [event], expected=None, command_id="cmd-1")
+    again = await store.append(acct, [event], expected=None, command_id="cmd-1")
+
+    assert again.seq == first.seq  # deduplicated by Nats-Msg-Id: the original position comes back
+    events = await store.read(event_stream.name, acct, Deposited)
+    assert len(events) == 1
+    assert events[0].envelope.command == "cmd-1"
+    assert events[0].envelope.id == "cmd-1:0"
+
+
+async def test_several_events_land_together_or_not_at_all(nc: Any, event_stream: StreamSpec) -> None:
+    store = EventStore(nc)
+    acct = subject(event_stream, "dave")
+    v1 = await store.append(acct, [Deposited(account="dave", amount=100)], expected=Version.new())
+    v2 = await store.append(
+        acct, [Withdrawn(account="dave", amount=30), Deposited(account="dave", amount=5)], expected=v1
+    )
+    assert v2 == Version(v1.seq + 2, 3)
+
+    with pytest.raises(ConcurrencyConflict):  # decided on v1, which is stale: nothing of it is stored
+        await store.append(
+            acct, [Withdrawn(account="dave", amount=1), Withdrawn(account="dave", amount=1)], expected=v1
+        )
+
+    events = await store.read(event_stream.name, acct, Deposited | Withdrawn)
+    assert [(type(e.envelope.event).__name__, e.envelope.version) for e in events] == [
+        ("Deposited", 1),
+        ("Withdrawn", 2),
+        ("Deposited", 3),
+    ]
+    assert await store.version(event_stream.name, acct) == v2
+
+
+async def test_an_atomic_append_across_aggregates_checks_each(nc: Any, event_stream: StreamSpec) -> None:
+    store = EventStore(nc)
+    a, b = subject(event_stream, "from"), subject(event_stream, "to")
+    va = await store.append(a, [Deposited(account="from", amount=50)], expected=Version.new())
+    vb = await store.append(b, [Deposited(account="to", amount=0)], expected=Version.new())
+
+    moved = await store.append_together(
+        [
+            Append(a, [Withdrawn(account="from", amount=20)], va),
+            Append(b, [Deposited(account="to", amount=20)], vb),
+        ]
+    )
+    assert [v.count for v in moved] == [2, 2]
+    assert moved[1].seq == moved[0].seq + 1
+
+    with pytest.raises(
+        ConcurrencyConflict
+    ) as stale:  # b is no longer at vb: the transfer must not half-happen
+        await store.append_together(
+            [
+                Append(a, [Withdrawn(account="from", amount=5)], moved[0]),
+                Append(b, [Deposited(account="to", amount=5)], vb),
+            ]
+        )
+    assert a in stale.value.subject and b in stale.value.subject
+    assert await store.version(event_stream.name, a) == moved[0]
+    assert await store.version(event_stream.name, b) == moved[1]
+
+
+async def test_pipelined_appends_to_many_aggregates(nc: Any, event_stream: StreamSpec) -> None:
+    store = EventStore(nc)
+    appends = [
+        Append(subject(event_stream, f"acct{i}"), [Deposited(account=f"acct{i}", amount=i)], Version.new())
+        for i in range(200)
+    ]
+    versions = await store.append_many(appends)
+    assert [v.count for v in versions] == [1] * 200
+    assert len({v.seq for v in versions}) == 200
+
+    # One of them stale, the rest fresh: the stale one is reported, the others still land.
+    again = [Append(appends[0].subject, [Deposited(account="acct0", amount=1)], Version.new())]
+    again += [
+        Append(subject(event_stream, f"new{i}"), [Deposited(account="n", amount=1)], Version.new())
+        for i in range(3)
+    ]
+    with pytest.raises(ConcurrencyConflict):
+        await store.append_many(again)
+    assert (await store.version(event_stream.name, subject(event_stream, "new2"))).count == 1
+
+
+async def test_reading_an_aggregate_that_does_not_exist(nc: Any, event_stream: StreamSpec) -> None:
+    store = EventStore(nc)
+    assert await store.read(event_stream.name, subject(event_stream, "nobody"), Deposited) == []
+    assert await store.version(event_stream.name, subject(event_stream, "nobody")) == Version.new()

@@ -1,0 +1,251 @@
+"""Projections against a real nats-server: replay, live follow, unknown events, snapshots."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import msgspec
+import nats
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hw_events import streams
+from hw_events.errors import ServiceUnavailable
+from hw_events.messages import Version
+from hw_events.projection import Projection, Projector
+from hw_events.snapshots import SnapshotStore
+from hw_events.store import Append, EventStore
+from hw_events.streams import StreamKind, StreamSpec
+from tests.helpers import Balances, Deposited, Renamed, Withdrawn, evolve
+from tests.infra import NatsServer
+
+BALANCES = Projection(
+    name="balances",
+    schema="balances-1",
+    state_type=Balances,
+    initial=Balances,
+    evolve=evolve,
+    event_types=(Deposited, Withdrawn),
+)
+
+
+def subject(stream: StreamSpec, aggregate: str) -> str:
+    return stream.subjects[0].replace(">", aggregate)
+
+
+async def append_each(store: EventStore, stream: StreamSpec, events: list[Any]) -> None:
+    for event in events:
+        await store.append(subject(stream, event.account), [event], expected=None)
+
+
+async def test_replays_then_follows_live(nc: Any, event_stream: StreamSpec) -> None:
+    store = EventStore(nc)
+    await append_each(
+        store, event_stream, [Deposited(account="a", amount=5), Withdrawn(account="a", amount=2)]
+    )
+    projector = Projector(nc, event_stream, BALANCES)
+    await projector.start()
+    await projector.wait_ready(5)
+    assert projector.state.accounts == {"a": 3}
+
+    version = await store.append(
+        subject(event_stream, "b"), [Deposited(account="b", amount=7)], expected=None
+    )
+    await projector.wait_for(version.seq)
+    assert projector.state.accounts == {"a": 3, "b": 7}
+    assert projector.version(subject(event_stream, "b")) == Version(version.seq, 1)
+    assert projector.progress().ready and projector.progress().applied == version.seq
+    await projector.stop(snapshot=False)
+
+
+async def test_an_empty_stream_is_ready_at_once(nc: Any, event_stream: StreamSpec) -> None:
+    projector = Projector(nc, event_stream, BALANCES)
+    await projector.start()
+    await projector.wait_ready(2)
+    assert projector.state.accounts == {}
+    await projector.stop(snapshot=False)
+
+
+async def test_events_of_a_type_it_does_not_know_are_skipped(nc: Any, event_stream: StreamSpec) -> None:
+    """A projector built before `Renamed` existed reads a log that has it, and carries on."""
+    store = EventStore(nc)
+    await append_each(
+        store,
+        event_stream,
+        [
+            Deposited(account="a", amount=5),
+            Renamed(account="a", name="Alice"),
+            Deposited(account="a", amount=1),
+        ],
+    )
+    projector = Projector(nc, event_stream, BALANCES)
+    await projector.start()
+    await projector.wait_ready(5)
+    assert projector.state.accounts == {"a": 6}
+    assert projector.skipped == 1
+    await projector.stop(snapshot=False)
+
+
+async def test_malformed_messages_are_skipped_and_the_rest_applied(nc: Any, event_stream: StreamSpec) -> None:
+    js = nc.jetstream()
+    store = EventStore(nc)
+    await append_each(store, event_stream, [Deposited(account="a", amount=1)])
+    await js.publish(subject(event_stream, "a"), b"this is not json")
+    await js.publish(subject(event_stream, "a"), b'{"event": {"type": "test_deposited", "amount": "lots"}}')
+    await append_each(store, event_stream, [Deposited(account="a", amount=2)])
+    projector = Projector(nc, event_stream, BALANCES)
+    await projector.start()
+    await projector.wait_ready(5)
+    assert projector.state.accounts == {"a": 3}
+    assert projector.skipped == 2
+    await projector.stop(snapshot=False)
+
+
+async def test_restart_from_a_snapshot_reads_only_the_tail(
+    nc: Any, event_stream: StreamSpec, unique: str
+) -> None:
+    store = EventStore(nc)
+    snapshots = SnapshotStore(nc.jetstream(), bucket=f"snap_{unique}", objects=f"obj_{unique}")
+    await append_each(store, event_stream, [Deposited(account=f"a{i % 3}", amount=i) for i in range(30)])
+
+    first = Projector(nc, event_stream, BALANCES, snapshots=snapshots, snapshot_every=10)
+    await first.start()
+    await first.wait_ready(5)
+    await first.stop()  # saves a snapshot at 30
+
+    await append_each(store, event_stream, [Deposited(account="a0", amount=100)])
+    second = Projector(nc, event_stream, BALANCES, snapshots=snapshots)
+    await second.start()
+    await second.wait_ready(5)
+    assert second.read == 1
+    assert second.state.accounts == {"a0": 235, "a1": 145, "a2": 155}
+    await second.stop(snapshot=False)
+
+
+async def test_a_snapshot_of_another_schema_is_ignored(
+    nc: Any, event_stream: StreamSpec, unique: str
+) -> None:
+    store = EventStore(nc)
+    snapshots = SnapshotStore(nc.jetstream(), bucket=f"snap_{unique}", objects=f"obj_{unique}")
+    await append_each(store, event_stream, [Deposited(account="a", amount=4)])
+    old = Projector(nc, event_stream, BALANCES, snapshots=snapshots)
+    await old.start()
+    await old.wait_ready(5)
+    await old.stop()
+
+    changed = Projection(**{**BALANCES.__dict__, "schema": "balances-2"})
+    new = Projector(nc, event_stream, changed, snapshots=snapshots)
+    await new.start()
+    await new.wait_ready(5)
+    assert new.read == 1  # replayed from the beginning
+    assert new.state.accounts == {"a": 4}
+    await new.stop(snapshot=False)
+
+
+async def test_a_snapshot_ahead_of_a_recreated_stream_is_ignored(nc: Any, unique: str) -> None:
+    spec = StreamSpec(f"R_{unique}", (f"r{unique}.>",), StreamKind.EVENTS)
+    js = nc.jetstream()
+    store = EventStore(nc)
+    snapshots = SnapshotStore(js, bucket=f"snap_{unique}", objects=f"obj_{unique}")
+    await streams.ensure_stream(js, spec)
+    await append_each(store, spec, [Deposited(account="a", amount=1) for _ in range(5)])
+    before = Projector(nc, spec, BALANCES, snapshots=snapshots)
+    await before.start()
+    await before.wait_ready(5)
+    await before.stop()
+
+    await js.delete_stream(spec.name)
+    await streams.ensure_stream(js, spec)
+    await append_each(store, spec, [Deposited(account="b", amount=2)])
+    after = Projector(nc, spec, BALANCES, snapshots=snapshots)
+    await after.start()
+    await after.wait_ready(5)
+    assert after.state.accounts == {"b": 2}
+    await after.stop(snapshot=False)
+
+
+async def test_a_snapshot_bigger_than_a_message_goes_to_the_object_store(
+    nc: Any, event_stream: StreamSpec, unique: str
+) -> None:
+    store = EventStore(nc)
+    snapshots = SnapshotStore(nc.jetstream(), bucket=f"snap_{unique}", objects=f"obj_{unique}")
+    snapshots.max_inline = 64  # force the large-state path
+    await append_each(store, event_stream, [Deposited(account=f"acct{i}", amount=i) for i in range(50)])
+    first = Projector(nc, event_stream, BALANCES, snapshots=snapshots)
+    await first.start()
+    await first.wait_ready(5)
+    await first.stop()
+
+    second = Projector(nc, event_stream, BALANCES, snapshots=snapshots)
+    await second.start()
+    await second.wait_ready(5)
+    assert second.read == 0
+    assert second.state.accounts == first.state.accounts
+    await second.stop(snapshot=False)
+
+
+async def test_waiting_for_a_sequence_that_never_comes_says_so(nc: Any, event_stream: StreamSpec) -> None:
+    projector = Projector(nc, event_stream, BALANCES)
+    await projector.start()
+    await projector.wait_ready(2)
+    with pytest.raises(ServiceUnavailable, match="has not seen sequence 999"):
+        await projector.wait_for(999, timeout=0.2)
+    await projector.stop(snapshot=False)
+
+
+# --- property: snapshot + tail == replay from the start ---------------------------------------------
+
+operations = st.lists(
+    st.tuples(
+        st.sampled_from(["deposit", "withdraw"]), st.sampled_from(["a", "b", "c"]), st.integers(1, 100)
+    ),
+    min_size=1,
+    max_size=40,
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=operations, cut=st.floats(0, 1), every=st.integers(1, 15))
+def test_snapshot_plus_tail_equals_replay_from_start(
+    nats_server: NatsServer, ops: list[tuple[str, str, int]], cut: float, every: int
+) -> None:
+    asyncio.run(_snapshot_vs_full(nats_server.url, ops, int(cut * len(ops)), every))
+
+
+async def _snapshot_vs_full(url: str, ops: list[tuple[str, str, int]], cut: int, every: int) -> None:
+    import uuid
+
+    token = uuid.uuid4().hex[:10]
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        spec = StreamSpec(f"P_{token}", (f"p{token}.>",), StreamKind.EVENTS)
+        await streams.ensure_stream(js, spec)
+        snapshots = SnapshotStore(js, bucket=f"snap_{token}", objects=f"obj_{token}")
+        store = EventStore(nc)
+        events = [
+            (Deposited if kind == "deposit" else Withdrawn)(account=acct, amount=n) for kind, acct, n in ops
+        ]
+
+        await store.append_many([Append(subject(spec, e.account), [e], None) for e in events[:cut]])
+        writer = Projector(nc, spec, BALANCES, snapshots=snapshots, snapshot_every=every)
+        await writer.start()
+        await writer.wait_ready(5)
+        await writer.stop()
+        for event in events[cut:]:
+            await store.append(subject(spec, event.account), [event], expected=None)
+
+        from_snapshot = Projector(nc, spec, BALANCES, snapshots=snapshots)
+        from_start = Projector(nc, spec, BALANCES)
+        for p in (from_snapshot, from_start):
+            await p.start()
+            await p.wait_ready(5)
+            await p.stop(snapshot=False)
+        assert msgspec.to_builtins(from_snapshot.state) == msgspec.to_builtins(from_start.state)
+        assert from_snapshot.positions == from_start.positions
+        assert from_snapshot.applied == from_start.applied
+        assert from_snapshot.read == len(events) - cut
+    finally:
+        await nc.close()

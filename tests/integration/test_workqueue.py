@@ -1,0 +1,208 @@
+"""The work queue against a real nats-server: done once, retried, dead-lettered, never lost."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from hw_events import streams
+from hw_events.errors import TransientError, UserError
+from hw_events.workqueue import QueueSpec, Task, WorkQueue, dead_letters
+from hwctl import processes
+from tests.infra import NatsServer
+
+
+@pytest.fixture
+async def queue(nc: Any, unique: str) -> WorkQueue:
+    await streams.ensure_streams(nc.jetstream(), (streams.TASKS, streams.DLQ))
+    spec = QueueSpec(
+        subject=f"hw.task.t{unique}.>",
+        durable=f"test-{unique}",
+        ack_wait=2.0,
+        max_attempts=3,
+        backoff=(0.05, 0.1),
+    )
+    wq = WorkQueue(nc, spec)
+    await wq.ensure()
+    return wq
+
+
+def task_subject(queue: WorkQueue, key: str = "x") -> str:
+    return queue.spec.subject.replace(">", key)
+
+
+async def run_until(
+    queue: WorkQueue, handler: Callable[[Task], Awaitable[None]], done: asyncio.Event
+) -> None:
+    stop = asyncio.Event()
+    runner = asyncio.create_task(queue.run(handler, stop=stop, poll=0.1))
+    try:
+        await asyncio.wait_for(done.wait(), 15)
+    finally:
+        stop.set()
+        await runner
+
+
+async def remaining(nc: Any, queue: WorkQueue) -> int:
+    info = await nc.jetstream().consumer_info(queue.spec.stream.name, queue.spec.durable)
+    return int(info.num_pending + info.num_ack_pending)
+
+
+async def test_a_done_task_is_acked_and_gone(nc: Any, queue: WorkQueue) -> None:
+    await queue.submit(task_subject(queue), b"work")
+    seen: list[bytes] = []
+    done = asyncio.Event()
+
+    async def handle(task: Task) -> None:
+        seen.append(task.data)
+        done.set()
+
+    await run_until(queue, handle, done)
+    assert seen == [b"work"]
+    assert await remaining(nc, queue) == 0
+
+
+async def test_a_transient_failure_is_retried(nc: Any, queue: WorkQueue) -> None:
+    await queue.submit(task_subject(queue), b"flaky")
+    attempts: list[int] = []
+    done = asyncio.Event()
+
+    async def handle(task: Task) -> None:
+        attempts.append(task.attempt)
+        if task.attempt == 1:
+            raise TransientError("disk busy")
+        done.set()
+
+    await run_until(queue, handle, done)
+    assert attempts == [1, 2]
+    assert await remaining(nc, queue) == 0
+
+
+async def test_a_task_that_keeps_failing_ends_in_the_dead_letters(nc: Any, queue: WorkQueue) -> None:
+    await queue.submit(task_subject(queue, "doomed"), b"payload")
+    attempts: list[int] = []
+    done = asyncio.Event()
+
+    async def handle(task: Task) -> None:
+        attempts.append(task.attempt)
+        if task.attempt == 3:
+            done.set()
+        raise RuntimeError("model diverged")
+
+    await run_until(queue, handle, done)
+    await asyncio.sleep(0.2)
+    assert attempts == [1, 2, 3]
+    [letter] = await dead_letters(nc, queue.spec.subject)
+    assert letter.subject == task_subject(queue, "doomed") and letter.data == b"payload"
+    assert letter.reason == "failed 3 times; last error: RuntimeError: model diverged"
+    assert letter.deliveries == 3
+    assert await remaining(nc, queue) == 0
+
+
+async def test_a_rejected_task_is_dead_lettered_at_once(nc: Any, queue: WorkQueue) -> None:
+    await queue.submit(task_subject(queue), b"bad")
+    attempts: list[int] = []
+    done = asyncio.Event()
+
+    async def handle(task: Task) -> None:
+        attempts.append(task.attempt)
+        done.set()
+        raise UserError('glob "[" is not a valid pattern')
+
+    await run_until(queue, handle, done)
+    await asyncio.sleep(0.2)
+    assert attempts == [1]
+    [letter] = await dead_letters(nc, queue.spec.subject)
+    assert letter.reason == 'rejected: glob "[" is not a valid pattern'
+
+
+async def test_heartbeats_keep_a_long_task_with_its_live_worker(nc: Any, queue: WorkQueue) -> None:
+    await queue.submit(task_subject(queue), b"long")
+    attempts: list[int] = []
+    done = asyncio.Event()
+
+    async def handle(task: Task) -> None:
+        attempts.append(task.attempt)
+        await asyncio.sleep(5)  # more than twice ack_wait (2 s)
+        done.set()
+
+    await run_until(queue, handle, done)
+    assert attempts == [1]
+
+
+async def test_submitting_the_same_task_twice_queues_it_once(nc: Any, queue: WorkQueue) -> None:
+    first = await queue.submit(task_subject(queue), b"once", msg_id=f"{queue.spec.durable}-job-1")
+    again = await queue.submit(task_subject(queue), b"once", msg_id=f"{queue.spec.durable}-job-1")
+    assert first == again
+    assert await remaining(nc, queue) == 1
+
+
+def start_stuck_worker(server: NatsServer, queue: WorkQueue) -> subprocess.Popen[str]:
+    spec = queue.spec
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.integration.stuck_worker", server.url, spec.subject, spec.durable]
+        + [str(spec.ack_wait), str(spec.max_attempts)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith("took attempt"), line
+    return proc
+
+
+async def test_a_task_of_a_killed_worker_is_redelivered(
+    nc: Any, queue: WorkQueue, nats_server: NatsServer
+) -> None:
+    await queue.submit(task_subject(queue), b"survive")
+    stuck = await asyncio.to_thread(start_stuck_worker, nats_server, queue)
+    stuck.kill()
+    stuck.wait()
+
+    attempts: list[int] = []
+    done = asyncio.Event()
+
+    async def handle(task: Task) -> None:
+        attempts.append(task.attempt)
+        done.set()
+
+    await run_until(queue, handle, done)
+    assert attempts == [2]  # the same task, delivered again once the dead worker's ack_wait ran out
+    assert await remaining(nc, queue) == 0
+
+
+async def test_a_task_whose_worker_dies_on_the_last_attempt_is_kept_not_lost(
+    nc: Any, unique: str, nats_server: NatsServer
+) -> None:
+    await streams.ensure_streams(nc.jetstream(), (streams.TASKS, streams.DLQ))
+    spec = QueueSpec(subject=f"hw.task.l{unique}.>", durable=f"last-{unique}", ack_wait=1.0, max_attempts=1)
+    queue = WorkQueue(nc, spec)
+    await queue.ensure()
+    await queue.submit(f"hw.task.l{unique}.x", b"fragile")
+    stuck = await asyncio.to_thread(start_stuck_worker, nats_server, queue)
+    stuck.kill()
+    stuck.wait()
+
+    handled: list[int] = []
+    stop = asyncio.Event()
+
+    async def handle(task: Task) -> None:
+        handled.append(task.attempt)
+
+    runner = asyncio.create_task(queue.run(handle, stop=stop, poll=0.1))
+    for _ in range(100):
+        letters = await dead_letters(nc, spec.subject)
+        if letters:
+            break
+        await asyncio.sleep(0.1)
+    stop.set()
+    await runner
+    assert handled == []  # not run a second time: it had used its one attempt
+    assert letters[0].data == b"fragile"
+    assert "the last worker to take it stopped before finishing" in letters[0].reason
+    assert processes.pid_alive(stuck.pid) is False
