@@ -33,8 +33,10 @@ async def test_two_concurrent_appends_at_the_same_version_exactly_one_lands(
 
     landed = [r for r in results if isinstance(r, Version)]
     conflicts = [r for r in results if isinstance(r, ConcurrencyConflict)]
-    assert len(landed) == 1 and len(conflicts) == 1, results
-    assert conflicts[0].retryable and conflicts[0].actual == landed[0].seq
+    assert len(landed) == 1, results
+    assert len(conflicts) == 1, results
+    assert conflicts[0].retryable
+    assert conflicts[0].actual == landed[0].seq
     assert "changed while this request was being decided" in conflicts[0].message
     events = await store.read(event_stream.name, acct, Deposited | Withdrawn)
     assert [e.envelope.version for e in events] == [1, 2]
@@ -109,7 +111,8 @@ async def test_an_atomic_append_across_aggregates_checks_each(nc: Any, event_str
                 Append(b, [Deposited(account="to", amount=5)], vb),
             ]
         )
-    assert a in stale.value.subject and b in stale.value.subject
+    assert a in stale.value.subject
+    assert b in stale.value.subject
     assert await store.version(event_stream.name, a) == moved[0]
     assert await store.version(event_stream.name, b) == moved[1]
 

@@ -56,7 +56,8 @@ async def test_replays_then_follows_live(nc: Any, event_stream: StreamSpec) -> N
     await projector.wait_for(version.seq)
     assert projector.state.accounts == {"a": 3, "b": 7}
     assert projector.version(subject(event_stream, "b")) == Version(version.seq, 1)
-    assert projector.progress().ready and projector.progress().applied == version.seq
+    assert projector.progress().ready
+    assert projector.progress().applied == version.seq
     await projector.stop(snapshot=False)
 
 

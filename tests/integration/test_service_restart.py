@@ -48,7 +48,8 @@ class ServiceProcess:
     async def wait_ready(self, nc: Any, timeout: float = 30) -> Health:
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
-            assert self.proc is not None and self.proc.poll() is None, self.log.read_text()[-2000:]
+            assert self.proc is not None
+            assert self.proc.poll() is None, self.log.read_text()[-2000:]
             try:
                 health = await self.health(nc)
                 if health.ready:
@@ -120,7 +121,8 @@ async def test_sigkill_and_restart_rebuilds_the_same_state(fs: ServiceProcess, f
     assert health_after.replay[0].applied == health_before.replay[0].applied
     assert 0 < health_after.replay[0].read < health_before.replay[0].applied  # snapshot + tail
     created = await client.request("fs", CreateRepo(repo="after-restart"), RepoInfo)
-    assert created is not None and created.name == "after-restart"
+    assert created is not None
+    assert created.name == "after-restart"
 
 
 async def test_killed_in_the_middle_of_commands_loses_nothing_and_does_nothing_twice(
@@ -153,7 +155,8 @@ async def test_killed_in_the_middle_of_commands_loses_nothing_and_does_nothing_t
     # The client retries everything with the same command ids: each lands once, none fails.
     for command in commands:
         info = await client.request("fs", command, RepoInfo)
-        assert info is not None and info.name == command.repo
+        assert info is not None
+        assert info.name == command.repo
     counts = await repo_created_events(fresh_nc)
     assert set(counts) == {c.repo for c in commands}
     assert set(counts.values()) == {1}

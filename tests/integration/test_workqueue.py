@@ -98,7 +98,8 @@ async def test_a_task_that_keeps_failing_ends_in_the_dead_letters(nc: Any, queue
     await asyncio.sleep(0.2)
     assert attempts == [1, 2, 3]
     [letter] = await dead_letters(nc, queue.spec.subject)
-    assert letter.subject == task_subject(queue, "doomed") and letter.data == b"payload"
+    assert letter.subject == task_subject(queue, "doomed")
+    assert letter.data == b"payload"
     assert letter.reason == "failed 3 times; last error: RuntimeError: model diverged"
     assert letter.deliveries == 3
     assert await remaining(nc, queue) == 0
@@ -145,8 +146,16 @@ async def test_submitting_the_same_task_twice_queues_it_once(nc: Any, queue: Wor
 def start_stuck_worker(server: NatsServer, queue: WorkQueue) -> subprocess.Popen[str]:
     spec = queue.spec
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.integration.stuck_worker", server.url, spec.subject, spec.durable]
-        + [str(spec.ack_wait), str(spec.max_attempts)],
+        [
+            sys.executable,
+            "-m",
+            "tests.integration.stuck_worker",
+            server.url,
+            spec.subject,
+            spec.durable,
+            str(spec.ack_wait),
+            str(spec.max_attempts),
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )

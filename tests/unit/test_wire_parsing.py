@@ -1,0 +1,42 @@
+"""Small parsers on the hot and quick paths."""
+
+from __future__ import annotations
+
+import pytest
+
+from hw_events.projection import parse_ack_reply
+from hwctl.natsclient import _parse_headers, _parse_url
+
+
+def test_ack_reply_v1() -> None:
+    assert parse_ack_reply("$JS.ACK.HW_FS.cons.1.4021.17.1700000000000000000.3") == (4021, 3)
+
+
+def test_ack_reply_v2_with_domain_and_account() -> None:
+    reply = "$JS.ACK.hub.ACCHASH.HW_FS.cons.1.4021.17.1700000000000000000.0.rand"
+    assert parse_ack_reply(reply) == (4021, 0)
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("nats://127.0.0.1:4222", ("127.0.0.1", 4222, {})),
+        ("nats://localhost", ("localhost", 4222, {})),
+        (
+            "nats://alice:s3cret@nats.example:4333",
+            ("nats.example", 4333, {"user": "alice", "pass": "s3cret"}),
+        ),
+        ("nats://mytoken@127.0.0.1:4222", ("127.0.0.1", 4222, {"auth_token": "mytoken"})),
+        ("tls://[::1]:4222", ("::1", 4222, {})),
+    ],
+)
+def test_nats_urls(url: str, expected: tuple[str, int, dict[str, str]]) -> None:
+    assert _parse_url(url) == expected
+
+
+def test_no_responders_status_and_headers() -> None:
+    assert _parse_headers(b"NATS/1.0 503\r\n\r\n") == ("503", {})
+    assert _parse_headers(b"NATS/1.0\r\nTraceparent: 00-ab-cd-01\r\nX: y: z\r\n\r\n") == (
+        "",
+        {"Traceparent": "00-ab-cd-01", "X": "y: z"},
+    )
