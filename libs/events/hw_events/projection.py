@@ -32,7 +32,7 @@ from nats.js import api
 from hw_events import observability, snapshots
 from hw_events.errors import ServiceUnavailable
 from hw_events.health import ReplayProgress
-from hw_events.messages import Envelope, Event, EventTypeHeader, Version, utcnow
+from hw_events.messages import Event, EventTypeHeader, Version, utcnow
 from hw_events.snapshots import SnapshotStore
 from hw_events.store import EventStore
 from hw_events.streams import StreamSpec
@@ -62,12 +62,20 @@ def parse_ack_reply(reply: str) -> tuple[int, int]:
     """(stream sequence, pending count) from a JetStream delivery's reply subject.
 
     Both the v1 form `$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<dseq>.<ts>.<pending>` and the
-    v2 form with domain and account hash (ADR-15) are understood.
+    v2 form with domain and account hash and a trailing token (ADR-15) are understood.
     """
     tokens = reply.split(".")
     if len(tokens) == 9:
         return int(tokens[5]), int(tokens[8])
     return int(tokens[7]), int(tokens[10])
+
+
+class _Replayed(msgspec.Struct, Generic[S]):
+    """The part of an envelope a projection needs: decoding only this keeps replay fast."""
+
+    version: int
+    event: S
+    command: str = ""
 
 
 class Projector(Generic[S]):
@@ -92,16 +100,20 @@ class Projector(Generic[S]):
         self._snapshots = snapshots
         self._snapshot_every = snapshot_every
         self._remember = remember_commands
+        self._remember_max = 2 * remember_commands
+        self._remember_from = 0  # replay skips commands older than the last `remember` before the end
         self._log = observability.log(projection=projection.name, stream=stream.name)
 
         self.state: S = projection.initial()
         self.applied = 0  # stream sequence of the last message read
         self.pending = 0
-        self.positions: dict[str, Version] = {}
+        # aggregate subject -> (stream sequence, event count); tuples, not Versions: set per event
+        self.positions: dict[str, tuple[int, int]] = {}
         self.skipped = 0  # messages of unknown types, or that could not be decoded
         self.read = 0  # messages read since start (a restart from a snapshot reads only the tail)
         self._commands: dict[str, int] = {}
-        self._since_snapshot = 0
+        self._read_at_snapshot = 0  # `read` when the last snapshot was saved
+        self._next_snapshot_at = snapshot_every if snapshots is not None else math.inf
         self._target = 0
         self._ready = asyncio.Event()
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
@@ -110,11 +122,13 @@ class Projector(Generic[S]):
         self._unknown_types: set[str] = set()
         if projection.event_types:
             union: Any = functools.reduce(operator.or_, projection.event_types)
-            self._decode: Callable[[bytes], Envelope[Any]] | None = msgspec.json.Decoder(
-                Envelope[union]
+            self._decode: Callable[[bytes], _Replayed[Any]] | None = msgspec.json.Decoder(
+                _Replayed[union]
             ).decode
         else:
             self._decode = None
+        self._evolve = projection.evolve
+        self._caught_up = False  # mirrors _ready, cheaper to test once per message
         self._state_decoder = msgspec.msgpack.Decoder(projection.state_type)
         self._state_encoder = msgspec.msgpack.Encoder()
 
@@ -130,9 +144,10 @@ class Projector(Generic[S]):
         if self._snapshots is not None:
             await self._restore(info.state.last_seq)
         self._target = await EventStore(self._nc).last_sequence(self.stream.name, self.subjects)
+        self._remember_from = self._target - self._remember
         start = self.applied + 1
         if self._target < start:
-            self._ready.set()
+            self._set_ready()
         config = api.ConsumerConfig(
             deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
             opt_start_seq=start,
@@ -145,6 +160,10 @@ class Projector(Generic[S]):
             ordered_consumer=True,
             config=config,
         )
+
+    def _set_ready(self) -> None:
+        self._caught_up = True
+        self._ready.set()
 
     async def wait_ready(self, timeout: float | None = None) -> None:
         """Return once the projector has caught up with the stream as it was at start."""
@@ -165,7 +184,7 @@ class Projector(Generic[S]):
         if self._sub is not None:
             await self._sub.unsubscribe()
             self._sub = None
-        if snapshot and self._since_snapshot:
+        if snapshot and self.read > self._read_at_snapshot:
             await self.save_snapshot()
         for _, future in self._waiters:
             if not future.done():
@@ -175,40 +194,37 @@ class Projector(Generic[S]):
     # --- reading the stream ------------------------------------------------------------------------
 
     async def _on_message(self, msg: Any) -> None:
+        """Fold one stored message into the state: the hot path of replay, kept in one function."""
         seq, pending = parse_ack_reply(msg.reply)
-        self.apply(msg.subject, msg.data, seq)
+        self.applied = seq
         self.pending = pending
-        if not self._ready.is_set() and (seq >= self._target or pending == 0):
-            self._ready.set()
+        self.read += 1
+        decode = self._decode
+        if decode is None:  # knows no event types yet: nothing to fold, nothing to report
+            self.skipped += 1
+        else:
+            try:
+                envelope = decode(msg.data)
+                self.state = self._evolve(self.state, envelope.event)
+            except (msgspec.ValidationError, msgspec.DecodeError):
+                self._skip(msg.data, seq)
+            except Exception:
+                # A bug in evolve must not stop the service; say which event could not be applied.
+                self.skipped += 1
+                self._log.exception("evolve_failed", seq=seq, subject=msg.subject)
+            else:
+                self.positions[msg.subject] = (seq, envelope.version)
+                if envelope.command and seq > self._remember_from:
+                    self._commands[envelope.command] = seq
+                    if len(self._commands) > self._remember_max:
+                        self._forget_old_commands()
+        if not self._caught_up and (seq >= self._target or pending == 0):
+            self._set_ready()
             self._log.info("replay_caught_up", seq=seq, skipped=self.skipped)
         if seq >= self._min_waiter:
             self._wake(seq)
-        if self._since_snapshot >= self._snapshot_every and self._snapshots is not None:
+        if self.read >= self._next_snapshot_at:
             await self.save_snapshot()
-
-    def apply(self, subject: str, data: bytes, seq: int) -> None:
-        """Fold one stored message into the state (the hot path of replay)."""
-        self.applied = seq
-        self.read += 1
-        self._since_snapshot += 1
-        if self._decode is None:  # knows no event types yet: nothing to fold, nothing to report
-            self.skipped += 1
-            return
-        try:
-            envelope = self._decode(data)
-        except (msgspec.ValidationError, msgspec.DecodeError):
-            self._skip(data, seq)
-            return
-        try:
-            self.state = self.projection.evolve(self.state, envelope.event)
-        except Exception:
-            # A bug in evolve must not stop the service; say exactly which event could not be applied.
-            self.skipped += 1
-            self._log.exception("evolve_failed", seq=seq, subject=subject, event_id=envelope.id)
-            return
-        self.positions[subject] = Version(seq, envelope.version)
-        if envelope.command:
-            self._remember_command(envelope.command, seq)
 
     def _skip(self, data: bytes, seq: int) -> None:
         self.skipped += 1
@@ -224,17 +240,16 @@ class Projector(Generic[S]):
             self._unknown_types.add(event_type)  # log each unknown type once, not once per event
             self._log.info("unknown_event_type_skipped", seq=seq, event_type=event_type)
 
-    def _remember_command(self, command: str, seq: int) -> None:
-        self._commands[command] = seq
-        if len(self._commands) > 2 * self._remember:
-            keep = list(self._commands.items())[-self._remember :]
-            self._commands = dict(keep)
+    def _forget_old_commands(self) -> None:
+        # Trim to the newest `remember_commands` only when twice that many piled up: amortised O(1).
+        self._commands = dict(list(self._commands.items())[-self._remember :])
 
     # --- what writers need -------------------------------------------------------------------------
 
     def version(self, subject: str) -> Version:
         """The aggregate's version as this projector has seen it (new if it has no events)."""
-        return self.positions.get(subject) or Version.new()
+        position = self.positions.get(subject)
+        return Version(*position) if position else Version.new()
 
     def seen(self, command_id: str) -> int | None:
         """The stream sequence of the last event caused by `command_id`, if it was applied here."""
@@ -286,12 +301,13 @@ class Projector(Generic[S]):
             stream=self.stream.name,
             seq=self.applied,
             taken=utcnow(),
-            positions=self.positions,
+            positions={subject: Version(*position) for subject, position in self.positions.items()},
             commands=list(self._commands)[-self._remember :],
             state=msgspec.Raw(self._state_encoder.encode(self.state)),
         )
         data = snapshots.encode(snapshot)
-        self._since_snapshot = 0
+        self._read_at_snapshot = self.read
+        self._next_snapshot_at = self.read + self._snapshot_every
         try:
             await self._snapshots.save(self.snapshot_key, data)
         except Exception as err:
@@ -324,6 +340,6 @@ class Projector(Generic[S]):
             return
         self.state = state
         self.applied = snapshot.seq
-        self.positions = dict(snapshot.positions)
+        self.positions = {subject: (v.seq, v.count) for subject, v in snapshot.positions.items()}
         self._commands = dict.fromkeys(snapshot.commands, snapshot.seq)
         self._log.info("snapshot_loaded", seq=snapshot.seq, taken=snapshot.taken.isoformat())

@@ -31,10 +31,12 @@ class FsState(msgspec.Struct, kw_only=True):
 def evolve(state: FsState, event: FsEvent) -> FsState:
     """Fold one event into the state (in place: the projector owns the state)."""
     match event:
-        case RepoCreated(repo=name, description=description, created=created):
-            state.repos[name] = Repo(name=name, description=description, created=created)
-        case RepoDeleted(repo=name):
-            state.repos.pop(name, None)
+        case RepoCreated():
+            state.repos[event.repo] = Repo(
+                name=event.repo, description=event.description, created=event.created
+            )
+        case RepoDeleted():
+            state.repos.pop(event.repo, None)
         case _:
             raise TypeError(f"fs cannot apply {type(event).__name__}")
     return state
