@@ -35,6 +35,13 @@ def subject(stream: StreamSpec, aggregate: str) -> str:
     return stream.subjects[0].replace(">", aggregate)
 
 
+async def caught_up(projector: Projector[Any]) -> Projector[Any]:
+    """Start `projector`; return it once it has read the stream to its end."""
+    await projector.start()
+    await projector.wait_ready(5)
+    return projector
+
+
 async def append_each(store: EventStore, stream: StreamSpec, events: list[Any]) -> None:
     for event in events:
         await store.append(subject(stream, event.account), [event], expected=None)
@@ -45,9 +52,7 @@ async def test_replays_then_follows_live(nc: Any, event_stream: StreamSpec) -> N
     await append_each(
         store, event_stream, [Deposited(account="a", amount=5), Withdrawn(account="a", amount=2)]
     )
-    projector = Projector(nc, event_stream, BALANCES)
-    await projector.start()
-    await projector.wait_ready(5)
+    projector = await caught_up(Projector(nc, event_stream, BALANCES))
     assert projector.state.accounts == {"a": 3}
 
     version = await store.append(
@@ -81,9 +86,7 @@ async def test_events_of_a_type_it_does_not_know_are_skipped(nc: Any, event_stre
             Deposited(account="a", amount=1),
         ],
     )
-    projector = Projector(nc, event_stream, BALANCES)
-    await projector.start()
-    await projector.wait_ready(5)
+    projector = await caught_up(Projector(nc, event_stream, BALANCES))
     assert projector.state.accounts == {"a": 6}
     assert projector.skipped == 1
     await projector.stop(snapshot=False)
@@ -96,9 +99,7 @@ async def test_malformed_messages_are_skipped_and_the_rest_applied(nc: Any, even
     await js.publish(subject(event_stream, "a"), b"this is not json")
     await js.publish(subject(event_stream, "a"), b'{"event": {"type": "test_deposited", "amount": "lots"}}')
     await append_each(store, event_stream, [Deposited(account="a", amount=2)])
-    projector = Projector(nc, event_stream, BALANCES)
-    await projector.start()
-    await projector.wait_ready(5)
+    projector = await caught_up(Projector(nc, event_stream, BALANCES))
     assert projector.state.accounts == {"a": 3}
     assert projector.skipped == 2
     await projector.stop(snapshot=False)
@@ -111,15 +112,11 @@ async def test_restart_from_a_snapshot_reads_only_the_tail(
     snapshots = SnapshotStore(nc.jetstream(), bucket=f"snap_{unique}", objects=f"obj_{unique}")
     await append_each(store, event_stream, [Deposited(account=f"a{i % 3}", amount=i) for i in range(30)])
 
-    first = Projector(nc, event_stream, BALANCES, snapshots=snapshots, snapshot_every=10)
-    await first.start()
-    await first.wait_ready(5)
+    first = await caught_up(Projector(nc, event_stream, BALANCES, snapshots=snapshots, snapshot_every=10))
     await first.stop()  # saves a snapshot at 30
 
     await append_each(store, event_stream, [Deposited(account="a0", amount=100)])
-    second = Projector(nc, event_stream, BALANCES, snapshots=snapshots)
-    await second.start()
-    await second.wait_ready(5)
+    second = await caught_up(Projector(nc, event_stream, BALANCES, snapshots=snapshots))
     assert second.read == 1
     assert second.state.accounts == {"a0": 235, "a1": 145, "a2": 155}
     await second.stop(snapshot=False)
@@ -131,15 +128,11 @@ async def test_a_snapshot_of_another_schema_is_ignored(
     store = EventStore(nc)
     snapshots = SnapshotStore(nc.jetstream(), bucket=f"snap_{unique}", objects=f"obj_{unique}")
     await append_each(store, event_stream, [Deposited(account="a", amount=4)])
-    old = Projector(nc, event_stream, BALANCES, snapshots=snapshots)
-    await old.start()
-    await old.wait_ready(5)
+    old = await caught_up(Projector(nc, event_stream, BALANCES, snapshots=snapshots))
     await old.stop()
 
     changed = Projection(**{**BALANCES.__dict__, "schema": "balances-2"})
-    new = Projector(nc, event_stream, changed, snapshots=snapshots)
-    await new.start()
-    await new.wait_ready(5)
+    new = await caught_up(Projector(nc, event_stream, changed, snapshots=snapshots))
     assert new.read == 1  # replayed from the beginning
     assert new.state.accounts == {"a": 4}
     await new.stop(snapshot=False)
@@ -152,17 +145,13 @@ async def test_a_snapshot_ahead_of_a_recreated_stream_is_ignored(nc: Any, unique
     snapshots = SnapshotStore(js, bucket=f"snap_{unique}", objects=f"obj_{unique}")
     await streams.ensure_stream(js, spec)
     await append_each(store, spec, [Deposited(account="a", amount=1) for _ in range(5)])
-    before = Projector(nc, spec, BALANCES, snapshots=snapshots)
-    await before.start()
-    await before.wait_ready(5)
+    before = await caught_up(Projector(nc, spec, BALANCES, snapshots=snapshots))
     await before.stop()
 
     await js.delete_stream(spec.name)
     await streams.ensure_stream(js, spec)
     await append_each(store, spec, [Deposited(account="b", amount=2)])
-    after = Projector(nc, spec, BALANCES, snapshots=snapshots)
-    await after.start()
-    await after.wait_ready(5)
+    after = await caught_up(Projector(nc, spec, BALANCES, snapshots=snapshots))
     assert after.state.accounts == {"b": 2}
     await after.stop(snapshot=False)
 
@@ -174,14 +163,10 @@ async def test_a_snapshot_bigger_than_a_message_goes_to_the_object_store(
     snapshots = SnapshotStore(nc.jetstream(), bucket=f"snap_{unique}", objects=f"obj_{unique}")
     snapshots.max_inline = 64  # force the large-state path
     await append_each(store, event_stream, [Deposited(account=f"acct{i}", amount=i) for i in range(50)])
-    first = Projector(nc, event_stream, BALANCES, snapshots=snapshots)
-    await first.start()
-    await first.wait_ready(5)
+    first = await caught_up(Projector(nc, event_stream, BALANCES, snapshots=snapshots))
     await first.stop()
 
-    second = Projector(nc, event_stream, BALANCES, snapshots=snapshots)
-    await second.start()
-    await second.wait_ready(5)
+    second = await caught_up(Projector(nc, event_stream, BALANCES, snapshots=snapshots))
     assert second.read == 0
     assert second.state.accounts == first.state.accounts
     await second.stop(snapshot=False)
@@ -231,9 +216,7 @@ async def _snapshot_vs_full(url: str, ops: list[tuple[str, str, int]], cut: int,
         ]
 
         await store.append_many([Append(subject(spec, e.account), [e], None) for e in events[:cut]])
-        writer = Projector(nc, spec, BALANCES, snapshots=snapshots, snapshot_every=every)
-        await writer.start()
-        await writer.wait_ready(5)
+        writer = await caught_up(Projector(nc, spec, BALANCES, snapshots=snapshots, snapshot_every=every))
         await writer.stop()
         for event in events[cut:]:
             await store.append(subject(spec, event.account), [event], expected=None)
@@ -241,8 +224,7 @@ async def _snapshot_vs_full(url: str, ops: list[tuple[str, str, int]], cut: int,
         from_snapshot = Projector(nc, spec, BALANCES, snapshots=snapshots)
         from_start = Projector(nc, spec, BALANCES)
         for p in (from_snapshot, from_start):
-            await p.start()
-            await p.wait_ready(5)
+            await caught_up(p)
             await p.stop(snapshot=False)
         assert msgspec.to_builtins(from_snapshot.state) == msgspec.to_builtins(from_start.state)
         assert from_snapshot.positions == from_start.positions

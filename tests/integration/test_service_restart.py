@@ -16,12 +16,15 @@ import msgspec
 import nats
 import pytest
 
-from hw_events import subjects
+from hw_events import streams, subjects
 from hw_events.bus import CommandClient, decode_reply
 from hw_events.errors import ServiceUnavailable
-from hw_events.fs import CreateRepo, DeleteRepo, ListRepos, RepoInfo
+from hw_events.fs import CreateRepo, DeleteRepo, ListRepos, RepoCreated, RepoInfo
 from hw_events.health import Health
-from hw_events.store import read_messages
+from hw_events.messages import Version, utcnow
+from hw_events.service import Settings, serve
+from hw_events.store import Append, EventStore, read_messages
+from hw_fs.main import SPEC
 from tests.infra import NatsServer
 
 
@@ -198,3 +201,41 @@ async def test_a_malformed_command_from_outside_is_refused_and_the_service_carri
     assert msgspec.json.decode(reply.data)["error"]["kind"] == "user"
     assert "Expected `str`, got `int`" in msgspec.json.decode(reply.data)["error"]["message"]
     assert await CommandClient(fresh_nc).request("fs", CreateRepo(repo="fine"), RepoInfo) is not None
+
+
+async def test_a_stop_during_a_long_replay_is_not_held_up_and_loses_nothing(
+    fresh_nats: NatsServer, fresh_nc: Any
+) -> None:
+    await streams.ensure_streams(fresh_nc.jetstream())
+    store, now, total = EventStore(fresh_nc), utcnow(), 30_000
+    for first in range(0, total, 5000):
+        await store.append_many(
+            [
+                Append(subjects.repo_events(f"r{i}"), [RepoCreated(repo=f"r{i}", created=now)], Version.new())
+                for i in range(first, first + 5000)
+            ]
+        )
+    stop = asyncio.Event()
+    settings = Settings(nats_url=fresh_nats.url, snapshot_every=1_000_000)
+    serving = asyncio.create_task(serve(SPEC, settings, stop=stop))
+    while True:  # wait until it is visibly in the middle of its replay
+        try:
+            reply = await fresh_nc.request(subjects.health_subject("fs"), b"", timeout=1)
+            progress = decode_reply(reply.data, Health)
+        except nats.errors.NoRespondersError:
+            progress = None
+        if progress is not None and progress.replay[0].read > 0:
+            break
+        await asyncio.sleep(0.01)
+    assert not progress.ready
+    stop.set()
+    await asyncio.wait_for(serving, 5)
+
+    restarted = ServiceProcess("fs", fresh_nats, Path(fresh_nats.store_dir).parent / "fs.log")
+    restarted.start()
+    try:
+        health = await restarted.wait_ready(fresh_nc)
+        assert 0 < health.replay[0].read < total  # carried on from where the stopped one got to
+        assert len(await list_repos(CommandClient(fresh_nc))) == total
+    finally:
+        restarted.kill()

@@ -106,7 +106,7 @@ class CommandServer:
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop taking commands, then let those in flight finish (up to `timeout`)."""
         if self._sub is not None:
-            await self._sub.unsubscribe()
+            await self._sub.drain()  # commands already delivered to us are still handled
             self._sub = None
         if self._tasks:
             _, late = await asyncio.wait(self._tasks, timeout=timeout)

@@ -22,6 +22,7 @@ import asyncio
 import functools
 import math
 import operator
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -90,6 +91,7 @@ class Projector(Generic[S]):
         subjects: Sequence[str] | None = None,
         snapshots: SnapshotStore | None = None,
         snapshot_every: int = 10_000,
+        snapshot_interval: float = 5.0,
         remember_commands: int = 10_000,
     ) -> None:
         self._nc = nc
@@ -99,6 +101,10 @@ class Projector(Generic[S]):
         self.subjects = tuple(subjects or stream.subjects)
         self._snapshots = snapshots
         self._snapshot_every = snapshot_every
+        # A snapshot encodes the whole state: with a big state, saving every N events would cost
+        # more than the replay it saves. So also at most one per `snapshot_interval` seconds.
+        self._snapshot_interval = snapshot_interval
+        self._last_snapshot_time = -math.inf
         self._remember = remember_commands
         self._remember_max = 2 * remember_commands
         self._remember_from = 0  # replay skips commands older than the last `remember` before the end
@@ -224,7 +230,10 @@ class Projector(Generic[S]):
         if seq >= self._min_waiter:
             self._wake(seq)
         if self.read >= self._next_snapshot_at:
-            await self.save_snapshot()
+            if time.monotonic() - self._last_snapshot_time >= self._snapshot_interval:
+                await self.save_snapshot()
+            else:
+                self._next_snapshot_at = self.read + self._snapshot_every
 
     def _skip(self, data: bytes, seq: int) -> None:
         self.skipped += 1
@@ -306,6 +315,7 @@ class Projector(Generic[S]):
             state=msgspec.Raw(self._state_encoder.encode(self.state)),
         )
         data = snapshots.encode(snapshot)
+        self._last_snapshot_time = time.monotonic()
         self._read_at_snapshot = self.read
         self._next_snapshot_at = self.read + self._snapshot_every
         try:

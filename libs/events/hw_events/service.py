@@ -59,6 +59,9 @@ class Settings:
     nats_url: str = field(default_factory=lambda: os.environ.get("HW_NATS_URL", "nats://127.0.0.1:4222"))
     connect_timeout: float = field(default_factory=lambda: float(os.environ.get("HW_CONNECT_TIMEOUT", "30")))
     snapshot_every: int = field(default_factory=lambda: int(os.environ.get("HW_SNAPSHOT_EVERY", "10000")))
+    snapshot_interval: float = field(
+        default_factory=lambda: float(os.environ.get("HW_SNAPSHOT_INTERVAL", "5"))
+    )
     ready_timeout: float = field(default_factory=lambda: float(os.environ.get("HW_READY_TIMEOUT", "600")))
 
 
@@ -87,6 +90,7 @@ class Runtime:
                 subjects=r.subjects or None,
                 snapshots=self.snapshots,
                 snapshot_every=settings.snapshot_every,
+                snapshot_interval=settings.snapshot_interval,
             )
             for r in spec.replays
         }
@@ -217,26 +221,42 @@ async def serve(
 
     for projector in runtime.projectors.values():
         await projector.start()
-    for projector in runtime.projectors.values():
-        await projector.wait_ready(settings.ready_timeout)
+    server: CommandServer | None = None
+    if await _caught_up_unless_stopped(runtime, stop):
+        server = CommandServer(nc, spec.name, spec.setup(runtime))
+        await server.start()
+        await nc.flush()  # the server has our subscription before health says ready
+        runtime.accepting = True
+        log.info("service_ready", replay=[p.progress().applied for p in runtime.projectors.values()])
+        await stop.wait()
 
-    server = CommandServer(nc, spec.name, spec.setup(runtime))
-    await server.start()
-    await nc.flush()  # the server has our subscription before health says ready
-    runtime.accepting = True
-    log.info("service_ready", replay=[p.progress().applied for p in runtime.projectors.values()])
-
-    await stop.wait()
     log.info("service_stopping")
     runtime.accepting = False
     runtime.stopping.set()
-    await server.stop()
+    if server is not None:
+        await server.stop()
     await runtime._background_done(timeout=10)
     for projector in runtime.projectors.values():
         await projector.stop(snapshot=True)
     await health_sub.unsubscribe()
     await nc.drain()
     log.info("service_stopped")
+
+
+async def _caught_up_unless_stopped(runtime: Runtime, stop: asyncio.Event) -> bool:
+    """Wait for every projector to catch up; False if told to stop first (a long replay is cut short)."""
+    timeout = runtime.settings.ready_timeout
+    replayed: asyncio.Future[Any] = asyncio.ensure_future(
+        asyncio.gather(*(p.wait_ready(timeout) for p in runtime.projectors.values()))
+    )
+    stopped: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({replayed, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    if replayed.done():
+        stopped.cancel()
+        replayed.result()  # a projector that could not catch up in time fails the start, loudly
+        return True
+    replayed.cancel()
+    return False
 
 
 def main(spec: ServiceSpec) -> None:

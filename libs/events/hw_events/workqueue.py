@@ -188,11 +188,11 @@ class WorkQueue:
     async def _process(self, task: Task, handler: Callable[[Task], Awaitable[None]]) -> None:
         log = self._log.bind(subject=task.subject, seq=task.seq, attempt=task.attempt)
         if task.attempt > self.spec.max_attempts:
-            await task.dead_letter(
-                f"gave up after {self.spec.max_attempts} attempts: the last worker to take it "
-                "stopped before finishing"
+            lost = (
+                f"gave up after {self.spec.max_attempts} attempts: "
+                "the last worker to take it stopped before finishing"
             )
-            log.warning("task_dead_lettered", reason="worker lost on last attempt")
+            await self._settle(task, log, dead=lost)
             return
         beat = asyncio.create_task(self._heartbeat(task))
         parent = observability.extract(task.headers)
@@ -200,21 +200,35 @@ class WorkQueue:
             with observability.tracer().start_as_current_span(f"task {self.spec.durable}", context=parent):
                 await handler(task)
         except UserError as err:
-            await task.dead_letter(f"rejected: {err.message}")
-            log.warning("task_rejected", error=err.message)
+            await self._settle(task, log, dead=f"rejected: {err.message}")
         except Exception as err:
             reason = f"{type(err).__name__}: {err}"
             if task.attempt >= self.spec.max_attempts:
-                await task.dead_letter(f"failed {task.attempt} times; last error: {reason}")
-                log.error("task_dead_lettered", error=reason)
+                await self._settle(task, log, dead=f"failed {task.attempt} times; last error: {reason}")
             else:
-                delay = self.spec.delay_after(task.attempt)
-                await task.nak(delay)
-                log.warning("task_retry_later", error=reason, delay=delay)
+                log.warning("task_retry_later", error=reason, delay=self.spec.delay_after(task.attempt))
+                await self._settle(task, log, nak_delay=self.spec.delay_after(task.attempt))
         else:
-            await task.ack()
+            await self._settle(task, log)
         finally:
             beat.cancel()
+
+    async def _settle(
+        self, task: Task, log: Any, *, dead: str | None = None, nak_delay: float | None = None
+    ) -> None:
+        """Ack, nak or dead-letter. If even that fails (NATS gone), the task is redelivered later."""
+        try:
+            if dead is not None:
+                await task.dead_letter(dead)
+                log.warning("task_dead_lettered", reason=dead)
+            elif nak_delay is not None:
+                await task.nak(nak_delay)
+            else:
+                await task.ack()
+        except Exception as err:
+            log.error(
+                "task_not_settled", error=f"{type(err).__name__}: {err}", redelivered_after=self.spec.ack_wait
+            )
 
     async def _heartbeat(self, task: Task) -> None:
         interval = max(self.spec.ack_wait / 3, 0.1)

@@ -102,8 +102,8 @@ def up(home: Home, options: UpOptions, say: Say) -> Runtime:
             runtime.services[service] = processes.start_detached(
                 [sys.executable, "-m", f"hw_{service}"], log_path=home.log_file(service), env=env
             )
+            home.save(runtime)  # at once: an `up` interrupted here must not leave an unknown process
             say(f"started {service} (pid {runtime.services[service]})")
-        home.save(runtime)
     wait_ready(home, runtime, options.timeout, say)
     return runtime
 
