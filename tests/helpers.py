@@ -54,6 +54,10 @@ class Dawdle(Command, frozen=True, kw_only=True, tag="test_dawdle"):
     seconds: float
 
 
+class Hoard(Command, frozen=True, kw_only=True, tag="test_hoard"):
+    """A command whose reply is too big for one message."""
+
+
 class Receipt(msgspec.Struct, frozen=True, kw_only=True):
     account: str
     balance: int

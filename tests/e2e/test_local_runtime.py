@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -191,3 +192,25 @@ def test_the_trace_spans_cli_service_and_the_events_it_appends(hw_home: Path, tm
     [stored] = [json.loads(line) for line in result.stdout.splitlines()]
     assert stored["event"]["type"] == "repo_created"
     assert stored["trace"]["traceparent"].split("-")[1] == trace_id
+
+
+def test_a_nats_that_cannot_start_is_reported_and_not_left_behind(hw_home: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = hwctl("up", "--monitor-port", str(port), check=False)
+    assert result.returncode == 75
+    assert "nats-server did not start" in result.stderr
+    conf = str(hw_home / "nats" / "nats.conf")
+    survivors = subprocess.run(["pgrep", "-f", conf], capture_output=True, text=True, check=False)
+    assert survivors.stdout.strip() == ""
+
+
+def test_switching_to_an_external_nats_stops_the_old_services(hw_home: Path, fresh_nats: NatsServer) -> None:
+    hwctl("up")
+    old = runtime(hw_home)
+    os.kill(old.nats_pid, signal.SIGKILL)  # its services live on, dialling the dead server
+    hwctl("up", "--nats", fresh_nats.url)
+    assert not any(processes.pid_runs(pid, f"hw_{name}") for name, pid in old.services.items())
+    assert [status_rows()[s]["state"] for s in subjects.SERVICES] == ["ready"] * 5

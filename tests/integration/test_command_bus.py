@@ -13,7 +13,7 @@ from opentelemetry import trace
 from hw_events import subjects
 from hw_events.bus import CommandClient, CommandServer, decode_reply
 from hw_events.errors import InternalError, MalformedMessage, ServiceUnavailable, UserError
-from tests.helpers import Dawdle, Deposit, Explode, Receipt
+from tests.helpers import Dawdle, Deposit, Explode, Hoard, Receipt
 
 
 def bank(name: str, balances: dict[str, int]) -> dict[type, Any]:
@@ -29,7 +29,10 @@ def bank(name: str, balances: dict[str, int]) -> dict[type, Any]:
     async def dawdle(cmd: Dawdle) -> None:
         await asyncio.sleep(cmd.seconds)
 
-    return {Deposit: deposit, Explode: explode, Dawdle: dawdle}
+    async def hoard(_: Hoard) -> str:
+        return "x" * (9 * 1024 * 1024)  # more than the 8 MB a NATS message may carry here
+
+    return {Deposit: deposit, Explode: explode, Dawdle: dawdle, Hoard: hoard}
 
 
 @pytest.fixture
@@ -140,3 +143,8 @@ async def test_the_trace_continues_from_client_to_handler(nc: Any, unique: str, 
     assert seen == [root.get_span_context().trace_id]
     names = {s.name for s in spans.get_finished_spans() if s.context.trace_id == seen[0]}
     assert {"user action", f"send {service} test_deposit", f"{service} test_deposit"} <= names
+
+
+async def test_a_reply_too_large_to_send_is_an_error_not_a_timeout(nc: Any, bank_service: str) -> None:
+    with pytest.raises(InternalError, match="more than NATS carries in one message"):
+        await CommandClient(nc).request(bank_service, Hoard(), str, timeout=5)

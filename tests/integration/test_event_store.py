@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from hw_events.errors import ConcurrencyConflict
+from hw_events.errors import ConcurrencyConflict, UserError
 from hw_events.messages import Version
 from hw_events.store import Append, EventStore
 from hw_events.streams import StreamSpec
-from tests.helpers import Deposited, Withdrawn
+from tests.helpers import Deposited, Renamed, Withdrawn
 
 
 def subject(stream: StreamSpec, aggregate: str) -> str:
@@ -61,7 +61,7 @@ async def test_the_same_command_appended_twice_lands_once(nc: Any, event_stream:
     events = await store.read(event_stream.name, acct, Deposited)
     assert len(events) == 1
     assert events[0].envelope.command == "cmd-1"
-    assert events[0].envelope.id == "cmd-1:0"
+    assert events[0].envelope.id == f"cmd-1:{acct}:1"
 
 
 async def test_several_events_land_together_or_not_at_all(nc: Any, event_stream: StreamSpec) -> None:
@@ -142,3 +142,59 @@ async def test_reading_an_aggregate_that_does_not_exist(nc: Any, event_stream: S
     store = EventStore(nc)
     assert await store.read(event_stream.name, subject(event_stream, "nobody"), Deposited) == []
     assert await store.version(event_stream.name, subject(event_stream, "nobody")) == Version.new()
+
+
+async def test_one_command_may_write_several_aggregates(nc: Any, event_stream: StreamSpec) -> None:
+    store = EventStore(nc)
+    a, b = subject(event_stream, "one"), subject(event_stream, "two")
+    await store.append(a, [Deposited(account="one", amount=1)], expected=Version.new(), command_id="cmd")
+    await store.append(b, [Deposited(account="two", amount=2)], expected=Version.new(), command_id="cmd")
+    together = await store.append_together(
+        [
+            Append(
+                a, [Deposited(account="one", amount=3)], Version(*await _pos(store, event_stream, a)), "cmd2"
+            ),
+            Append(
+                b, [Deposited(account="two", amount=4)], Version(*await _pos(store, event_stream, b)), "cmd2"
+            ),
+        ]
+    )
+    assert [v.count for v in together] == [2, 2]
+    assert [e.envelope.event.amount for e in await store.read(event_stream.name, a, Deposited)] == [1, 3]
+    assert [e.envelope.event.amount for e in await store.read(event_stream.name, b, Deposited)] == [2, 4]
+
+
+async def _pos(store: EventStore, stream: StreamSpec, aggregate: str) -> tuple[int, int]:
+    version = await store.version(stream.name, aggregate)
+    return version.seq, version.count
+
+
+async def test_a_retried_decision_of_several_events_is_a_retryable_conflict(
+    nc: Any, event_stream: StreamSpec
+) -> None:
+    """Sent again after it landed (the reply was lost): nothing is stored twice, and the caller is told
+    to re-read, not that Headwater has a bug."""
+    store = EventStore(nc)
+    acct = subject(event_stream, "again")
+    events = [Deposited(account="again", amount=1), Deposited(account="again", amount=2)]
+    await store.append(acct, events, expected=Version.new(), command_id="cmd-twice")
+    with pytest.raises(ConcurrencyConflict):
+        await store.append(acct, events, expected=Version.new(), command_id="cmd-twice")
+    with pytest.raises(ConcurrencyConflict):
+        await store.append(acct, events, expected=None, command_id="cmd-twice")
+    assert len(await store.read(event_stream.name, acct, Deposited)) == 2
+
+
+async def test_an_event_too_large_to_send_is_refused_and_nothing_leaks(
+    nc: Any, event_stream: StreamSpec
+) -> None:
+    store = EventStore(nc, max_in_flight=2)
+    huge = Renamed(account="big", name="x" * (nc.max_payload + 1))
+    with pytest.raises(UserError, match="larger than NATS accepts in one message"):
+        await store.append_many([Append(subject(event_stream, f"big{i}"), [huge], None) for i in range(3)])
+    with pytest.raises(UserError, match="larger than NATS accepts"):
+        await store.append(subject(event_stream, "big"), [huge], expected=None)
+    small = [
+        Append(subject(event_stream, f"ok{i}"), [Deposited(account="ok", amount=i)], None) for i in range(5)
+    ]
+    assert len(await asyncio.wait_for(store.append_many(small), 5)) == 5

@@ -89,6 +89,14 @@ async def test_events_of_a_type_it_does_not_know_are_skipped(nc: Any, event_stre
     projector = await caught_up(Projector(nc, event_stream, BALANCES))
     assert projector.state.accounts == {"a": 6}
     assert projector.skipped == 1
+    # The skipped event still counts: a conditional append expects the aggregate as the log has it.
+    assert projector.version(subject(event_stream, "a")).count == 3
+    version = await store.append(
+        subject(event_stream, "a"),
+        [Deposited(account="a", amount=1)],
+        expected=projector.version(subject(event_stream, "a")),
+    )
+    assert version.count == 4
     await projector.stop(snapshot=False)
 
 
@@ -232,3 +240,29 @@ async def _snapshot_vs_full(url: str, ops: list[tuple[str, str, int]], cut: int,
         assert from_snapshot.read == len(events) - cut
     finally:
         await nc.close()
+
+
+async def test_a_snapshot_built_from_other_event_types_is_ignored(
+    nc: Any, event_stream: StreamSpec, unique: str
+) -> None:
+    """A newer version that applies `Renamed` must not start from a state that skipped it."""
+    store = EventStore(nc)
+    snapshots = SnapshotStore(nc.jetstream(), bucket=f"snap_{unique}", objects=f"obj_{unique}")
+    await append_each(store, event_stream, [Deposited(account="a", amount=1), Renamed(account="a", name="A")])
+    old = await caught_up(Projector(nc, event_stream, BALANCES, snapshots=snapshots))
+    await old.stop()
+
+    def evolve_newer(state: Balances, event: Any) -> Balances:
+        if isinstance(event, Renamed):
+            state.accounts[event.name] = state.accounts.pop(event.account)
+            state.applied += 1
+            return state
+        return evolve(state, event)
+
+    newer = Projection(
+        **{**BALANCES.__dict__, "evolve": evolve_newer, "event_types": (Deposited, Withdrawn, Renamed)}
+    )
+    projector = await caught_up(Projector(nc, event_stream, newer, snapshots=snapshots))
+    assert projector.read == 2
+    assert projector.state.accounts == {"A": 1}
+    await projector.stop(snapshot=False)

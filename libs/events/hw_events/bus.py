@@ -148,10 +148,21 @@ class CommandServer:
                 )
                 reply = encode_error(internal)
         if msg.reply:
-            try:
-                await msg.respond(reply)
-            except nats.errors.ConnectionClosedError:
-                self._log.warning("reply_lost", command=tag, reason="connection closed")
+            await self._respond(msg, tag, reply)
+
+    async def _respond(self, msg: Any, tag: str, reply: bytes) -> None:
+        """Send the reply; one that cannot be sent becomes an error the caller sees, not a timeout."""
+        try:
+            await msg.respond(reply)
+        except nats.errors.MaxPayloadError:
+            too_big = InternalError(
+                f"the reply to {tag} is {len(reply):,} bytes, more than NATS carries in one message "
+                f"({self._nc.max_payload:,}); this listing needs paging (a limit of Headwater)",
+                service=self.service,
+            )
+            await self._respond(msg, tag, encode_error(too_big))
+        except nats.errors.Error as err:
+            self._log.warning("reply_lost", command=tag, error=f"{type(err).__name__}: {err}")
 
     async def _dispatch(self, tag: str, data: bytes) -> Any:
         entry = self._handlers.get(tag)

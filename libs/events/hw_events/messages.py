@@ -85,9 +85,10 @@ class _TypeOnly(msgspec.Struct):
 
 
 class EventTypeHeader(msgspec.Struct):
-    """Just enough of an envelope to read its event's type, for events a reader does not know."""
+    """Just enough of an envelope to read its event's type and cause, for events a reader does not know."""
 
     event: _TypeOnly = msgspec.field(default_factory=_TypeOnly)
+    command: str = ""
 
 
 def tag_of(cls: type[msgspec.Struct]) -> str:

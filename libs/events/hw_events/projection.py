@@ -33,7 +33,7 @@ from nats.js import api
 from hw_events import observability, snapshots
 from hw_events.errors import ServiceUnavailable
 from hw_events.health import ReplayProgress
-from hw_events.messages import Event, EventTypeHeader, Version, utcnow
+from hw_events.messages import Event, EventTypeHeader, Version, tag_of, utcnow
 from hw_events.snapshots import SnapshotStore
 from hw_events.store import EventStore
 from hw_events.streams import StreamSpec
@@ -74,7 +74,6 @@ def parse_ack_reply(reply: str) -> tuple[int, int]:
 class _Replayed(msgspec.Struct, Generic[S]):
     """The part of an envelope a projection needs: decoding only this keeps replay fast."""
 
-    version: int
     event: S
     command: str = ""
 
@@ -134,6 +133,7 @@ class Projector(Generic[S]):
         else:
             self._decode = None
         self._evolve = projection.evolve
+        self._event_tags = sorted(tag_of(t) for t in projection.event_types)
         self._caught_up = False  # mirrors _ready, cheaper to test once per message
         self._state_decoder = msgspec.msgpack.Decoder(projection.state_type)
         self._state_encoder = msgspec.msgpack.Encoder()
@@ -205,25 +205,31 @@ class Projector(Generic[S]):
         self.applied = seq
         self.pending = pending
         self.read += 1
+        # Every message counts towards its aggregate's position, even one this projection cannot
+        # apply: the next conditional append must expect the aggregate as the log has it.
+        subject = msg.subject
+        position = self.positions.get(subject)
+        self.positions[subject] = (seq, position[1] + 1 if position else 1)
         decode = self._decode
-        if decode is None:  # knows no event types yet: nothing to fold, nothing to report
-            self.skipped += 1
+        if decode is None:  # knows no event types yet: nothing to fold
+            command = self._skip(msg.data, seq, quiet=True)
         else:
             try:
                 envelope = decode(msg.data)
-                self.state = self._evolve(self.state, envelope.event)
             except (msgspec.ValidationError, msgspec.DecodeError):
-                self._skip(msg.data, seq)
-            except Exception:
-                # A bug in evolve must not stop the service; say which event could not be applied.
-                self.skipped += 1
-                self._log.exception("evolve_failed", seq=seq, subject=msg.subject)
+                command = self._skip(msg.data, seq)
             else:
-                self.positions[msg.subject] = (seq, envelope.version)
-                if envelope.command and seq > self._remember_from:
-                    self._commands[envelope.command] = seq
-                    if len(self._commands) > self._remember_max:
-                        self._forget_old_commands()
+                command = envelope.command
+                try:
+                    self.state = self._evolve(self.state, envelope.event)
+                except Exception:
+                    # A bug in evolve must not stop the service; say which event it could not apply.
+                    self.skipped += 1
+                    self._log.exception("evolve_failed", seq=seq, subject=subject)
+        if command and seq > self._remember_from:
+            self._commands[command] = seq
+            if len(self._commands) > self._remember_max:
+                self._forget_old_commands()
         if not self._caught_up and (seq >= self._target or pending == 0):
             self._set_ready()
             self._log.info("replay_caught_up", seq=seq, skipped=self.skipped)
@@ -235,19 +241,24 @@ class Projector(Generic[S]):
             else:
                 self._next_snapshot_at = self.read + self._snapshot_every
 
-    def _skip(self, data: bytes, seq: int) -> None:
+    def _skip(self, data: bytes, seq: int, *, quiet: bool = False) -> str:
+        """Count a message this projection cannot apply; return the command that caused it, if any."""
         self.skipped += 1
         try:
-            event_type = _type_header.decode(data).event.type
+            header = _type_header.decode(data)
         except (msgspec.ValidationError, msgspec.DecodeError):
             self._log.warning("undecodable_event_skipped", seq=seq)
-            return
+            return ""
+        event_type = header.event.type
+        if quiet:
+            return header.command
         known = {cfg.tag for cfg in (t.__struct_config__ for t in self.projection.event_types)}
         if event_type in known:
             self._log.warning("malformed_event_skipped", seq=seq, event_type=event_type)
         elif event_type not in self._unknown_types:
             self._unknown_types.add(event_type)  # log each unknown type once, not once per event
             self._log.info("unknown_event_type_skipped", seq=seq, event_type=event_type)
+        return header.command
 
     def _forget_old_commands(self) -> None:
         # Trim to the newest `remember_commands` only when twice that many piled up: amortised O(1).
@@ -307,6 +318,7 @@ class Projector(Generic[S]):
         snapshot = snapshots.Snapshot(
             projection=self.projection.name,
             schema=self.projection.schema,
+            events=self._event_tags,
             stream=self.stream.name,
             seq=self.applied,
             taken=utcnow(),
@@ -339,6 +351,11 @@ class Projector(Generic[S]):
             snapshot = snapshots.decode(data)
             if snapshot.schema != self.projection.schema:
                 reason = f"schema {snapshot.schema!r} is not {self.projection.schema!r}"
+            elif snapshot.events != self._event_tags:
+                # Built by a version that skipped types this one applies (or the reverse).
+                reason = (
+                    f"it was built from event types {snapshot.events}, this version knows {self._event_tags}"
+                )
             elif snapshot.seq > stream_last_seq:
                 reason = f"it is at sequence {snapshot.seq} but the stream ends at {stream_last_seq}"
             else:

@@ -25,6 +25,7 @@ class Snapshot(msgspec.Struct, kw_only=True):
     projection: str
     schema: str
     stream: str
+    events: list[str] = msgspec.field(default_factory=list)  # event tags the state was built from
     seq: int
     taken: datetime
     positions: dict[str, Version]

@@ -31,6 +31,7 @@ from hw_events.messages import Envelope, Event, Version, new_id, utcnow
 E = TypeVar("E")
 
 WRONG_LAST_SEQUENCE = 10071
+BATCH_DUPLICATE_MSG_ID = 10201
 MAX_BATCH = 1000  # ADR-50's limit on messages per atomic batch
 _ACTUAL_SEQ = re.compile(r"wrong last sequence: (\d+)")
 
@@ -80,6 +81,21 @@ class Stored:
     envelope: Envelope[Any]
 
 
+def _not_sent(subject: str, err: nats.errors.Error) -> Exception:
+    """What a publish that never left the client means for the caller."""
+    if isinstance(err, nats.errors.MaxPayloadError):
+        return UserError(f"an event for {subject} is larger than NATS accepts in one message ({err})")
+    return ServiceUnavailable(f"could not send an event for {subject} to NATS: {type(err).__name__}: {err}")
+
+
+def _after(append: Append, seq: int) -> Version:
+    """The aggregate's version once `append` landed with its last event at `seq` (count 0: unknown,
+    for an append made without an expected version)."""
+    if append.expected is None:
+        return Version(seq, 0)
+    return Version(seq, append.expected.count + len(append.events))
+
+
 def _headers(msg_id: str, expected: Version | None) -> dict[str, str]:
     """Idempotency (`Nats-Msg-Id`) and, when a version is expected, optimistic concurrency."""
     headers: dict[str, str] = {api.Header.MSG_ID: msg_id}
@@ -117,17 +133,23 @@ class EventStore:
     # --- writing -----------------------------------------------------------------------------------
 
     def _envelopes(self, append: Append, trace: dict[str, str]) -> list[tuple[str, bytes]]:
-        """(msg id, payload) for each event; ids are derived from the command so retries dedupe."""
-        base = append.expected.count if append.expected else 0
+        """(msg id, payload) for each event.
+
+        An id is `<command>:<aggregate>:<n>`, n the event's place in the aggregate (or in this call,
+        when no version is expected): a retried decision repeats its ids and lands once, while one
+        command may still write several aggregates, or one aggregate several times.
+        """
+        checked = append.expected is not None
+        base = append.expected.count if append.expected is not None else 0
         now = utcnow()
         prefix = append.command_id or new_id()
         out = []
         for i, event in enumerate(append.events):
-            event_id = f"{prefix}:{i}"
+            event_id = f"{prefix}:{append.subject}:{base + i + 1}"
             envelope = Envelope(
                 id=event_id,
                 aggregate=append.subject,
-                version=base + i + 1,
+                version=base + i + 1 if checked else 0,
                 time=now,
                 command=append.command_id,
                 trace=trace,
@@ -157,8 +179,7 @@ class EventStore:
         ack = await self._request(subject, payload, _headers(msg_id, expected))
         if ack.error is not None:
             raise self._append_error(subject, expected, ack.error)
-        base = expected.count if expected else 0
-        return Version(ack.seq, base + 1)
+        return _after(append, ack.seq)
 
     async def append_together(self, appends: Sequence[Append]) -> list[Version]:
         """Append to one or several aggregates atomically (ADR-50 batch): all land or none do.
@@ -187,8 +208,7 @@ class EventStore:
         versions = []
         for append in appends:
             seq += len(append.events)
-            base = append.expected.count if append.expected else 0
-            versions.append(Version(seq, base + len(append.events)))
+            versions.append(_after(append, seq))
         return versions
 
     def _batch(self, appends: Sequence[Append]) -> list[tuple[str, bytes, dict[str, str]]]:
@@ -237,22 +257,45 @@ class EventStore:
         trace = observability.inject()
         pending: list[tuple[Append, asyncio.Future[_PubAck]]] = []
         loop = asyncio.get_running_loop()
-        for append in appends:
-            if len(append.events) != 1:
-                raise ValueError("append_many takes one event per Append; use append_together for more")
-            msg_id, payload = self._envelopes(append, trace)[0]
-            await self._in_flight.acquire()
-            future: asyncio.Future[_PubAck] = loop.create_future()
-            future.add_done_callback(self._release_in_flight)
-            self._next_ack += 1
-            token = str(self._next_ack)
-            self._acks[token] = future
-            await self._nc.publish(
-                append.subject, payload, reply=f"{inbox}.{token}", headers=_headers(msg_id, append.expected)
-            )
-            pending.append((append, future))
+        not_sent: Exception | None = None
+        try:
+            for append in appends:
+                if len(append.events) != 1:
+                    raise ValueError("append_many takes one event per Append; use append_together for more")
+                msg_id, payload = self._envelopes(append, trace)[0]
+                await self._in_flight.acquire()
+                future: asyncio.Future[_PubAck] = loop.create_future()
+                future.add_done_callback(self._release_in_flight)
+                self._next_ack += 1
+                token = str(self._next_ack)
+                self._acks[token] = future
+                try:
+                    await self._nc.publish(
+                        append.subject,
+                        payload,
+                        reply=f"{inbox}.{token}",
+                        headers=_headers(msg_id, append.expected),
+                    )
+                except nats.errors.Error as err:
+                    del self._acks[token]
+                    future.cancel()  # frees its in-flight slot
+                    raise _not_sent(append.subject, err) from err
+                pending.append((append, future))
+        except Exception as err:
+            not_sent = err  # report it once what was already sent has settled
+        versions, failure = await self._settle_pipelined(pending)
+        if not_sent is not None:
+            raise not_sent
+        if failure is not None:
+            raise failure
+        return versions
+
+    async def _settle_pipelined(
+        self, pending: list[tuple[Append, asyncio.Future[_PubAck]]]
+    ) -> tuple[list[Version], Exception | None]:
+        """Wait for the acks of what was sent; the new versions, and the first failure if any."""
         if not pending:
-            return []
+            return [], None
         _, late = await asyncio.wait([f for _, f in pending], timeout=self._timeout)
         if late:
             for token in [t for t, f in self._acks.items() if f in late]:
@@ -272,11 +315,8 @@ class EventStore:
                 failure = failure or (error if isinstance(error, Exception) else InternalError(repr(error)))
                 versions.append(Version())
             else:
-                base = append.expected.count if append.expected else 0
-                versions.append(Version(ack.seq, base + 1))
-        if failure is not None:
-            raise failure
-        return versions
+                versions.append(_after(append, ack.seq))
+        return versions, failure
 
     async def _ack_inbox(self) -> str:
         if self._ack_prefix is None:
@@ -309,6 +349,8 @@ class EventStore:
             raise ServiceUnavailable(
                 f"JetStream did not acknowledge an append to {subject!r} within {self._timeout:g}s"
             ) from None
+        except nats.errors.Error as err:
+            raise _not_sent(subject, err) from err
         if not reply.data:
             if allow_empty:
                 return _PubAck()
@@ -318,6 +360,12 @@ class EventStore:
     def _append_error(self, subject: str, expected: Version | None, error: _ApiError) -> Exception:
         if error.err_code == WRONG_LAST_SEQUENCE:
             return _conflict(subject, expected, error.description)
+        if error.err_code == BATCH_DUPLICATE_MSG_ID:
+            # A retried decision whose events are already stored: re-read, and the caller will
+            # find its command applied (Runtime.execute answers from what it did).
+            return ConcurrencyConflict(
+                f"the events for {subject} were stored already (a retry); re-reading it", subject=subject
+            )
         return InternalError(
             f"JetStream refused an append to {subject!r}: {error.description} (code {error.err_code})"
         )

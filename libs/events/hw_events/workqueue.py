@@ -92,9 +92,10 @@ class Task:
         return msgspec.json.decode(self.msg.data, type=type_)
 
     async def ack(self) -> None:
+        """Confirmed by the server (a double ack): an ack lost on the way would mean doing it twice."""
         if not self.settled:
+            await self.msg.ack_sync(timeout=5.0)
             self.settled = True
-            await self.msg.ack()
 
     async def nak(self, delay: float = 0.0) -> None:
         if not self.settled:

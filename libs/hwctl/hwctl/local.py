@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import importlib.util
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -46,7 +47,7 @@ def nats_config(*, port: int, monitor_port: int, store_dir: str, name: str = "he
     )
 
 
-def start_nats(home: Home, *, port: int, monitor_port: int) -> int:
+def start_nats(home: Home, *, port: int, monitor_port: int) -> subprocess.Popen[bytes]:
     conf = home.sub("nats", "nats.conf")
     with open(conf, "w", encoding="utf-8") as f:
         f.write(nats_config(port=port, monitor_port=monitor_port, store_dir=home.sub("nats")))
@@ -101,7 +102,7 @@ def up(home: Home, options: UpOptions, say: Say) -> Runtime:
                 raise UserError(f"the {service} service is not installed in {sys.prefix}; run `make install`")
             runtime.services[service] = processes.start_detached(
                 [sys.executable, "-m", f"hw_{service}"], log_path=home.log_file(service), env=env
-            )
+            ).pid
             home.save(runtime)  # at once: an `up` interrupted here must not leave an unknown process
             say(f"started {service} (pid {runtime.services[service]})")
     wait_ready(home, runtime, options.timeout, say)
@@ -119,6 +120,8 @@ def _ensure_nats(home: Home, runtime: Runtime | None, options: UpOptions, say: S
         if not _reachable(options.nats_url):
             raise ServiceUnavailable(f"cannot reach NATS at {options.nats_url}")
         same = runtime is not None and runtime.nats_url == options.nats_url
+        if runtime is not None and not same:
+            _stop_services(runtime)
         services = runtime.services if same and runtime is not None else {}
         return Runtime(nats_url=options.nats_url, started=now, services=services)
     if runtime is not None and not runtime.nats_pid and runtime.nats_url:
@@ -144,25 +147,33 @@ def _ensure_nats(home: Home, runtime: Runtime | None, options: UpOptions, say: S
     monitor = monitor or processes.free_port()
     if processes.port_open("127.0.0.1", port):
         raise UserError(f"port {port} is taken; choose another with --nats-port")
-    pid = start_nats(home, port=port, monitor_port=monitor)
+    proc = start_nats(home, port=port, monitor_port=monitor)
     try:
-        processes.wait_for_port("127.0.0.1", port, timeout=20)
-    except (TimeoutError, RuntimeError):
-        raise ServiceUnavailable(f"nats-server did not start; see {home.log_file('nats')}") from None
-    say(f"started nats-server (pid {pid}) on nats://127.0.0.1:{port}")
+        # Recovering a large JetStream store can take a while before the port opens.
+        processes.wait_for_port("127.0.0.1", port, timeout=120, proc=proc)
+    except (TimeoutError, RuntimeError) as err:
+        processes.stop_process(proc)  # never leave a server we cannot account for
+        raise ServiceUnavailable(
+            f"nats-server did not start ({err}):\n{_tail(home.log_file('nats'))}"
+        ) from None
+    say(f"started nats-server (pid {proc.pid}) on nats://127.0.0.1:{port}")
     services = dict(old.services) if old and old.nats_port == port else {}
     if old and old.nats_port != port:
-        # Services still running from before would keep dialling the old port: restart them.
-        processes.stop_pids([p for s, p in old.services.items() if processes.pid_runs(p, f"hw_{s}")])
+        _stop_services(old)
     return Runtime(
         nats_url=f"nats://127.0.0.1:{port}",
         monitor_url=f"http://127.0.0.1:{monitor}",
-        nats_pid=pid,
+        nats_pid=proc.pid,
         nats_port=port,
         monitor_port=monitor,
         started=now,
         services=services,
     )
+
+
+def _stop_services(old: Runtime) -> None:
+    """Stop services still running from an earlier start: they would keep dialling the old NATS."""
+    processes.stop_pids([pid for name, pid in old.services.items() if processes.pid_runs(pid, f"hw_{name}")])
 
 
 def wait_ready(home: Home, runtime: Runtime, timeout: float, say: Say) -> None:

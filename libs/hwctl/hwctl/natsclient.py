@@ -197,6 +197,9 @@ class Connection:
         return line
 
     def _read_exact(self, size: int, deadline: float) -> bytes:
+        # The message line is read: its payload is on the way. Give it time even past the request's
+        # deadline, since leaving it half-read would make the next reply unreadable.
+        deadline = max(deadline, time.monotonic() + 5.0)
         while len(self._buf) < size + 2:
             self._fill(deadline)
         data = bytes(self._buf[:size])

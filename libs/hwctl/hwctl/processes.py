@@ -85,7 +85,9 @@ def pid_runs(pid: int, needle: str) -> bool:
         return True
 
 
-def start_detached(argv: Sequence[str], *, log_path: str, env: Mapping[str, str] | None = None) -> int:
+def start_detached(
+    argv: Sequence[str], *, log_path: str, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     """Start `argv` in its own session (it outlives us and ignores our Ctrl-C); output to `log_path`."""
     import subprocess
 
@@ -99,7 +101,7 @@ def start_detached(argv: Sequence[str], *, log_path: str, env: Mapping[str, str]
             start_new_session=True,
             close_fds=True,
         )
-    return proc.pid
+    return proc
 
 
 def stop_pids(pids: Sequence[int], *, timeout: float = 15.0) -> list[int]:
