@@ -59,6 +59,18 @@ class Projection(Generic[S]):
     event_types: tuple[type[Event], ...] = ()
 
 
+def _fold_nothing(state: S, event: Any) -> S:
+    raise TypeError(f"this projection applies no events, yet got {type(event).__name__}")
+
+
+def reading_only(name: str, schema: str, state_type: type[S]) -> Projection[S]:
+    """A projection that knows no event types yet: it reads its stream (positions, health) and folds
+    nothing. Services whose features are still to come start with one."""
+    return Projection(
+        name=name, schema=schema, state_type=state_type, initial=state_type, evolve=_fold_nothing
+    )
+
+
 def parse_ack_reply(reply: str) -> tuple[int, int]:
     """(stream sequence, pending count) from a JetStream delivery's reply subject.
 

@@ -151,11 +151,13 @@ def _ensure_nats(home: Home, runtime: Runtime | None, options: UpOptions, say: S
     try:
         # Recovering a large JetStream store can take a while before the port opens.
         processes.wait_for_port("127.0.0.1", port, timeout=120, proc=proc)
-    except (TimeoutError, RuntimeError) as err:
-        processes.stop_process(proc)  # never leave a server we cannot account for
-        raise ServiceUnavailable(
-            f"nats-server did not start ({err}):\n{_tail(home.log_file('nats'))}"
-        ) from None
+    except BaseException as err:  # Ctrl-C included: never leave a server nobody has a record of
+        processes.stop_process(proc)
+        if isinstance(err, (TimeoutError, RuntimeError)):
+            raise ServiceUnavailable(
+                f"nats-server did not start ({err}):\n{_tail(home.log_file('nats'))}"
+            ) from None
+        raise
     say(f"started nats-server (pid {proc.pid}) on nats://127.0.0.1:{port}")
     services = dict(old.services) if old and old.nats_port == port else {}
     if old and old.nats_port != port:
@@ -186,7 +188,7 @@ def wait_ready(home: Home, runtime: Runtime, timeout: float, say: Say) -> None:
             waiting = [s for s in SERVICES if not (health.get(s) or {}).get("ready")]
             if not waiting:
                 return
-            dead = [s for s in waiting if not processes.pid_alive(runtime.services.get(s, 0))]
+            dead = [s for s in waiting if not processes.pid_alive(runtime.services[s])]
             if dead or time.monotonic() > deadline:
                 names = dead or waiting
                 why = "exited" if dead else f"not ready after {timeout:g}s"

@@ -61,6 +61,8 @@ def find_binary(name: str) -> str:
 
 def pid_alive(pid: int) -> bool:
     """Whether `pid` is a live process (a zombie waiting to be reaped counts as gone)."""
+    if pid <= 0:  # 0 and negatives name process groups, never one of ours
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
