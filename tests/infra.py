@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -153,6 +154,14 @@ def s3_server(workdir: Path, mode: str = "local") -> Iterator[S3Endpoint]:
         # weed takes ~15 s to exit on SIGTERM; its data is throwaway, so do not wait long.
         processes.stop_process(proc, timeout=2)
         log.close()
+        # Killed, it leaves unix sockets named after its ports behind in the temp dir.
+        for kind, port in [
+            ("master-grpc", "mgrpc"),
+            ("volume-grpc", "vgrpc"),
+            ("s3", "s3"),
+            ("s3-grpc", "s3grpc"),
+        ]:
+            Path(tempfile.gettempdir(), f"seaweedfs-{kind}-{ports[port]}.sock").unlink(missing_ok=True)
 
 
 def _wait_s3_ready(endpoint: S3Endpoint, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
