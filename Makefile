@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-PACKAGES := libs/events libs/hwctl services/fs services/triggers services/scheduler services/builder services/worker
+PACKAGES := libs/events libs/storage libs/hwctl services/fs services/triggers services/scheduler services/builder services/worker
 STAMP  := $(VENV)/.installed
 # Test selection and parallelism; override e.g. `make test PYTEST_ARGS="-m unit"`.
 PYTEST_ARGS ?=

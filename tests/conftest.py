@@ -109,3 +109,22 @@ def _span_exporter() -> Any:
 def spans(_span_exporter: Any) -> Any:
     _span_exporter.clear()
     return _span_exporter
+
+
+@pytest.fixture(params=["local", "s3"])
+def blob_store(request: pytest.FixtureRequest, tmp_path: Path, unique: str) -> Any:
+    """Each backend in turn: every test using this runs against local disk and against S3."""
+    if request.param == "local":
+        from hw_storage.local import LocalBlobStore
+
+        return LocalBlobStore(str(tmp_path / "blobs"))
+    from hw_storage.s3 import S3BlobStore
+
+    endpoint = request.getfixturevalue("s3")
+    return S3BlobStore(
+        endpoint.endpoint,
+        "hw-tests",  # one bucket (weed gives each bucket volumes of its own); a prefix per test
+        access_key=endpoint.access_key,
+        secret_key=endpoint.secret_key,
+        prefix=unique,
+    )

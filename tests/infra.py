@@ -142,6 +142,7 @@ def s3_server(workdir: Path, mode: str = "local") -> Iterator[S3Endpoint]:
         "-s3.port.lance=0",
         f"-s3.config={identities}",
         "-master.volumeSizeLimitMB=64",
+        "-volume.max=100",
     ]
     log = open(workdir / "weed.log", "ab")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(argv, stdout=log, stderr=log, env={**os.environ, "AWS_CA_BUNDLE": ""})

@@ -1,0 +1,26 @@
+"""Reading a file's bytes back: its chunk ranges, in order, from the object store."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+from hw_storage.blobs import BlobStore
+from hw_storage.layers import ChunkRange
+
+
+def read_ranges(store: BlobStore, ranges: Iterable[ChunkRange], *, threads: int = 4) -> Iterator[bytes]:
+    """The file's bytes as a stream of pieces, fetched a few ranges ahead (S3 latency overlaps)."""
+    pending = list(ranges)
+    if not pending:
+        return
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="hw-download") as pool:
+        window = [pool.submit(store.get_range, r.chunk, r.offset, r.length) for r in pending[:threads]]
+        next_index = len(window)
+        while window:
+            data = window.pop(0).result()
+            if next_index < len(pending):
+                r = pending[next_index]
+                window.append(pool.submit(store.get_range, r.chunk, r.offset, r.length))
+                next_index += 1
+            yield data
