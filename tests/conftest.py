@@ -4,6 +4,7 @@ using fresh stream and subject names, or a NATS server of its own where names ar
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -88,6 +89,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 os.environ.setdefault("HW_LOG_LEVEL", "warning")
+# Nothing a test starts may write into the real ~/.headwater (tests that need one set their own).
+os.environ["HW_HOME"] = tempfile.mkdtemp(prefix="hw-tests-home-")
 
 
 @pytest.fixture(scope="session")

@@ -135,6 +135,7 @@ class Projector(Generic[S]):
         self._ready = asyncio.Event()
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._min_waiter = math.inf
+        self._watchers: list[tuple[Callable[[S], bool], asyncio.Future[None]]] = []
         self._sub: Any = None
         self._unknown_types: set[str] = set()
         if projection.event_types:
@@ -211,7 +212,7 @@ class Projector(Generic[S]):
 
     # --- reading the stream ------------------------------------------------------------------------
 
-    async def _on_message(self, msg: Any) -> None:
+    async def _on_message(self, msg: Any) -> None:  # noqa: PLR0912 - the replay hot path, in one piece
         """Fold one stored message into the state: the hot path of replay, kept in one function."""
         seq, pending = parse_ack_reply(msg.reply)
         self.applied = seq
@@ -247,6 +248,8 @@ class Projector(Generic[S]):
             self._log.info("replay_caught_up", seq=seq, skipped=self.skipped)
         if seq >= self._min_waiter:
             self._wake(seq)
+        if self._watchers:
+            self._check_watchers()
         if self.read >= self._next_snapshot_at:
             if time.monotonic() - self._last_snapshot_time >= self._snapshot_interval:
                 await self.save_snapshot()
@@ -300,6 +303,32 @@ class Projector(Generic[S]):
             raise ServiceUnavailable(
                 f"{self.projection.name} has not seen sequence {seq} of {self.stream.name} after {timeout:g}s"
             ) from None
+
+    async def wait_until(self, condition: Callable[[S], bool], timeout: float | None, what: str) -> None:
+        """Return once `condition(state)` holds (checked after each event); `what` names it in errors."""
+        if condition(self.state):
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        watcher = (condition, future)
+        self._watchers.append(watcher)
+        try:
+            await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            raise ServiceUnavailable(f"gave up waiting for {what} after {timeout:g}s") from None
+        finally:
+            if watcher in self._watchers:
+                self._watchers.remove(watcher)
+
+    def _check_watchers(self) -> None:
+        for condition, future in list(self._watchers):
+            if not future.done():
+                try:
+                    met = condition(self.state)
+                except Exception as err:  # a watcher's bug must not stop replay
+                    future.set_exception(err)
+                    continue
+                if met:
+                    future.set_result(None)
 
     def _wake(self, seq: int) -> None:
         still: list[tuple[int, asyncio.Future[None]]] = []

@@ -31,7 +31,7 @@ from hw_events.health import Health
 from hw_events.messages import Command, Event, utcnow
 from hw_events.projection import Projection, Projector
 from hw_events.snapshots import SnapshotStore
-from hw_events.store import EventStore
+from hw_events.store import Append, EventStore
 from hw_events.streams import StreamSpec
 
 S = TypeVar("S")
@@ -128,34 +128,51 @@ class Runtime:
         *,
         attempts: int = 5,
     ) -> int:
-        """Decide on current state and append; return the stream sequence the command reached.
+        """Decide on current state and append to one aggregate; return the stream sequence reached.
 
         A command already applied (a retry) returns where it landed without deciding again. On a
         concurrent change, wait until the projector has seen it and decide again. `decide` raises
         `UserError`s for bad requests; returning no events means there is nothing to do.
         """
+        return await self.execute_across(
+            projector, command_id, lambda state: {subject: decide(state)}, attempts=attempts
+        )
+
+    async def execute_across(
+        self,
+        projector: Projector[S],
+        command_id: str,
+        decide: Callable[[S], Mapping[str, Sequence[Event]]],
+        *,
+        attempts: int = 5,
+    ) -> int:
+        """`execute` for a decision touching several aggregates (subject -> events): all of it lands
+        in one atomic batch, each aggregate checked against the version it was decided on."""
+        subjects_tried: list[str] = []
         for _ in range(attempts):
             done = projector.seen(command_id)
             if done is not None:
                 return done
-            events = decide(projector.state)
-            if not events:
+            writes = {subject: list(events) for subject, events in decide(projector.state).items() if events}
+            if not writes:
                 return projector.applied
+            subjects_tried = list(writes)
+            appends = [Append(s, events, projector.version(s), command_id) for s, events in writes.items()]
             try:
-                version = await self.store.append(
-                    subject, events, expected=projector.version(subject), command_id=command_id
-                )
+                versions = await self.store.append_together(appends)
             except ConcurrencyConflict as conflict:
-                latest = conflict.actual
-                if latest is None:
-                    latest = (await self.store.version(projector.stream.name, subject)).seq
+                latest = conflict.actual or await self.store.last_sequence(
+                    projector.stream.name, subjects_tried
+                )
                 await projector.wait_for(latest)
                 continue
-            await projector.wait_for(version.seq)
-            return version.seq
+            last = max(v.seq for v in versions)
+            await projector.wait_for(last)
+            return last
         raise ConcurrencyConflict(
-            f"{subject} kept changing while this request was decided ({attempts} tries); try again",
-            subject=subject,
+            f"{', '.join(subjects_tried)} kept changing while this request was decided ({attempts} tries); "
+            "try again",
+            subject=", ".join(subjects_tried),
         )
 
     async def _background_done(self, timeout: float) -> None:
