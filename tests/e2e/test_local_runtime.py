@@ -15,27 +15,8 @@ from hw_events import subjects
 from hwctl import processes
 from hwctl.home import Home
 from hwctl.natsclient import Connection
+from tests.e2e.cli import hwctl
 from tests.infra import NatsServer
-
-HWCTL = str(Path(sys.executable).parent / "hwctl")
-
-
-def hwctl(
-    *args: str, check: bool = True, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [HWCTL, *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, **(env or {})},
-        timeout=120,
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(
-            f"hwctl {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
-        )
-    return result
 
 
 def runtime(home: Path) -> Any:

@@ -27,6 +27,23 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str]] = {
     ("list", "repo"): ("repo", "list_", "List repos, newest first"),
     ("inspect", "repo"): ("repo", "inspect", "Show one repo"),
     ("delete", "repo"): ("repo", "delete", "Delete a repo"),
+    ("create", "branch"): ("branch", "create", "Create a branch, or point it at a commit (--head)"),
+    ("list", "branch"): ("branch", "list_", "List a repo's branches, newest first"),
+    ("inspect", "branch"): ("branch", "inspect", "Show one branch"),
+    ("delete", "branch"): ("branch", "delete", "Delete a branch (its commits stay)"),
+    ("start", "commit"): ("commit", "start", "Start a commit on a branch; prints its id"),
+    ("finish", "commit"): ("commit", "finish", "Finish an open commit"),
+    ("list", "commit"): ("commit", "list_", "List a repo's (or a branch's) commits, newest first"),
+    ("inspect", "commit"): ("commit", "inspect", "Show one commit"),
+    ("wait", "commit"): ("commit", "wait", "Wait until a commit is finished"),
+    ("put", "file"): ("file", "put", "Put a file, a directory (-r), a URL or stdin (-) into a branch"),
+    ("get", "file"): ("file", "get", "Write a file's bytes to stdout (or -o FILE)"),
+    ("list", "file"): ("file", "list_", "List a directory of a commit"),
+    ("glob", "file"): ("file", "glob", "List the files and directories matching a pattern (*, ?, **)"),
+    ("diff", "file"): ("file", "diff", "Show what changed between two commits (default: against the parent)"),
+    ("inspect", "file"): ("file", "inspect", "Show one file"),
+    ("copy", "file"): ("file", "copy", "Copy files by reference, across branches and repos"),
+    ("delete", "file"): ("file", "delete", "Delete a file or directory"),
 }
 
 EXIT_USER = 1

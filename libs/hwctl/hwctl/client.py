@@ -14,9 +14,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 
 from hw_events import subjects
-from hw_events.errors import HeadwaterError, InternalError, ServiceUnavailable, from_wire
+from hw_events.errors import HeadwaterError, InternalError, ServiceUnavailable, TransientError, from_wire
 from hwctl.home import Home
 from hwctl.natsclient import Connection, NatsError, NoResponders, RequestTimeout
 
@@ -24,6 +25,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+RETRY_FOR = 30.0  # seconds a retrying request keeps trying through transient failures
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 
 
@@ -73,10 +75,27 @@ class Client:
         fields: dict[str, Any] | None = None,
         *,
         timeout: float | None = None,
+        retry: bool = False,
     ) -> Any:
-        """Send `command` (its tag, e.g. `create_repo`) with `fields` to `service`; return the result."""
-        wait = self.timeout if timeout is None else timeout
+        """Send `command` (its tag, e.g. `create_repo`) with `fields` to `service`; return the result.
+
+        With `retry`, a transient failure (the service restarting, a concurrent change) is retried
+        for up to RETRY_FOR seconds with the same command id, so the command still lands once.
+        """
         body = json.dumps({"id": os.urandom(16).hex(), **(fields or {})}).encode()
+        deadline = time.monotonic() + RETRY_FOR
+        pause = 0.2
+        while True:
+            try:
+                return self._send(service, command, body, timeout)
+            except TransientError:
+                if not retry or time.monotonic() + pause > deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 2.0)
+
+    def _send(self, service: str, command: str, body: bytes, timeout: float | None) -> Any:
+        wait = self.timeout if timeout is None else timeout
         try:
             msg = self._conn.request(
                 subjects.command_subject(service, command),

@@ -33,6 +33,7 @@ class Runtime:
         monitor_port: int = 0,
         started: str = "",
         services: dict[str, int] | None = None,  # name -> pid
+        storage: dict[str, str] | None = None,  # the services' HW_STORAGE* / HW_S3_* settings, no secrets
     ) -> None:
         self.nats_url = nats_url
         self.monitor_url = monitor_url
@@ -41,6 +42,7 @@ class Runtime:
         self.monitor_port = monitor_port
         self.started = started
         self.services = dict(services or {})
+        self.storage = dict(storage or {})
 
     def to_json(self) -> dict[str, object]:
         return dict(vars(self))

@@ -14,7 +14,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -92,6 +92,8 @@ def up(home: Home, options: UpOptions, say: Say) -> Runtime:
     home.ensure()
     with _locked(home):
         runtime = _ensure_nats(home, home.load(), options, say)
+        if not any(processes.pid_runs(p, f"hw_{s}") for s, p in runtime.services.items()):
+            runtime.storage = storage_settings(os.environ, home)  # what the services about to start use
         home.save(runtime)
         env = {**os.environ, "HW_NATS_URL": runtime.nats_url, "HW_HOME": home.path, "PYTHONUNBUFFERED": "1"}
         for service in SERVICES:
@@ -171,6 +173,25 @@ def _ensure_nats(home: Home, runtime: Runtime | None, options: UpOptions, say: S
         started=now,
         services=services,
     )
+
+
+STORAGE_SETTINGS = (
+    "HW_STORAGE",
+    "HW_STORAGE_PATH",
+    "HW_S3_ENDPOINT",
+    "HW_S3_BUCKET",
+    "HW_S3_PREFIX",
+    "HW_S3_SECURE",
+    "HW_S3_REGION",
+)
+
+
+def storage_settings(env: Mapping[str, str], home: Home) -> dict[str, str]:
+    """Where the services will keep file contents (credentials stay in the environment)."""
+    settings = {k: env[k] for k in STORAGE_SETTINGS if env.get(k)}
+    if settings.get("HW_STORAGE", "local") == "local":
+        settings["HW_STORAGE_PATH"] = os.path.abspath(settings.get("HW_STORAGE_PATH") or home.sub("data"))
+    return settings
 
 
 def _stop_services(old: Runtime) -> None:

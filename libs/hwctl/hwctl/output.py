@@ -7,7 +7,7 @@ import sys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Callable, Iterable, Sequence
     from datetime import datetime
     from typing import Any
 
@@ -77,3 +77,53 @@ def relative_time(when: str | None, now: datetime | None = None) -> str:
     else:
         text = _plural(seconds // (365 * 86400), "year")
     return f"{text} ago"
+
+
+def pairs(rows: Sequence[tuple[str, Any]]) -> None:
+    """`Name: value` lines, aligned, as `inspect` shows one thing."""
+    width = max(len(k) for k, _ in rows) + 1
+    sys.stdout.write("".join(f"{(k + ':').ljust(width)} {'-' if v in (None, '') else v}\n" for k, v in rows))
+
+
+class _NoProgress:
+    def __enter__(self) -> Callable[[int], None]:
+        return lambda _: None
+
+    def __exit__(self, *_: object) -> None:
+        return None
+
+
+class _Bar:
+    """A rich progress bar on stderr (bytes done, rate, time left), for long uploads on a terminal."""
+
+    def __init__(self, total: int | None, label: str) -> None:
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(binary_units=True),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            transient=True,
+        )
+        self._task = self._progress.add_task(label, total=total)
+
+    def __enter__(self) -> Callable[[int], None]:
+        self._progress.start()
+        return lambda n: self._progress.advance(self._task, n)
+
+    def __exit__(self, *_: object) -> None:
+        self._progress.stop()
+
+
+def progress(total: int | None, *, label: str) -> _NoProgress | _Bar:
+    """A context giving `advance(bytes)`: a bar when stderr is a terminal, silence otherwise."""
+    return _Bar(total, label) if sys.stderr.isatty() else _NoProgress()

@@ -27,7 +27,7 @@ def create_args(p: argparse.ArgumentParser) -> None:
 
 def create(args: argparse.Namespace) -> int:
     with Client.connect() as hw:
-        hw.request("fs", "create_repo", {"repo": args.repo, "description": args.description})
+        hw.request("fs", "create_repo", {"repo": args.repo, "description": args.description}, retry=True)
     return 0
 
 
@@ -57,9 +57,13 @@ def inspect(args: argparse.Namespace) -> int:
         output.json_lines([repo])
     else:
         name, created, size, description = _repo_row(repo)
-        output.table(
-            ["Name:", name],
-            [["Description:", description], ["Created:", created], ["Size of HEAD on master:", size]],
+        output.pairs(
+            [
+                ("Name", name),
+                ("Description", description),
+                ("Created", created),
+                ("Size of HEAD on master", size),
+            ]
         )
     return 0
 
@@ -71,5 +75,5 @@ def delete_args(p: argparse.ArgumentParser) -> None:
 
 def delete(args: argparse.Namespace) -> int:
     with Client.connect() as hw:
-        hw.request("fs", "delete_repo", {"repo": args.repo, "force": args.force})
+        hw.request("fs", "delete_repo", {"repo": args.repo, "force": args.force}, retry=True)
     return 0

@@ -1,0 +1,45 @@
+"""Running `hwctl` as a user types it, from tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+HWCTL = str(Path(sys.executable).parent / "hwctl")
+
+
+def hwctl(
+    *args: str, check: bool = True, env: dict[str, str] | None = None, stdin: bytes | None = None
+) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [HWCTL, *args],
+        capture_output=True,
+        input=stdin.decode("latin-1") if stdin is not None else None,
+        text=True,
+        check=False,
+        env={**os.environ, **(env or {})},
+        timeout=300,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"hwctl {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+        )
+    return result
+
+
+def hwctl_bytes(*args: str) -> bytes:
+    result = subprocess.run([HWCTL, *args], capture_output=True, check=True, timeout=300)
+    return result.stdout
+
+
+def json_lines(*args: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in hwctl(*args, "-o", "json").stdout.splitlines()]
+
+
+def error_of(*args: str) -> tuple[int, str]:
+    result = hwctl(*args, check=False)
+    return result.returncode, result.stderr.strip()
