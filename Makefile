@@ -37,10 +37,18 @@ demo: install
 	@echo
 	@echo '$$ hwctl create repo images -d "raw images"'
 	@$(BIN)/hwctl inspect repo images >/dev/null 2>&1 || $(BIN)/hwctl create repo images -d "raw images"
+	@echo '$$ hwctl put file -r images@staging:/docs -f docs'
+	@$(BIN)/hwctl put file -r images@staging:/docs -f docs
+	@echo '$$ hwctl create branch images@master --head staging'
+	@$(BIN)/hwctl create branch images@master --head staging
+	@echo '$$ hwctl list branch images'
+	@$(BIN)/hwctl list branch images
+	@echo '$$ hwctl list file images@master:/docs'
+	@$(BIN)/hwctl list file images@master:/docs
+	@echo '$$ hwctl list commit images'
+	@$(BIN)/hwctl list commit images
 	@echo '$$ hwctl list repo'
 	@$(BIN)/hwctl list repo
-	@echo '$$ hwctl inspect repo images -o json'
-	@$(BIN)/hwctl inspect repo images -o json
 	@echo '$$ hwctl status'
 	@$(BIN)/hwctl status
 	@echo

@@ -10,9 +10,9 @@ import asyncio
 import tempfile
 from pathlib import Path
 
-from bench import cli, log
+from bench import cli, files, log
 from bench.report import print_table, progress, write_json
-from tests.infra import nats_server
+from tests.infra import nats_server, s3_server
 
 
 def main() -> None:
@@ -30,6 +30,8 @@ def main() -> None:
         results.append(asyncio.run(log.replay(server.url, n=200_000 // scale, runs=3)))
         results.append(asyncio.run(log.appends(server.url, n=50_000 // scale, runs=3)))
     results.extend(cli.startup(runs=40 // scale if args.quick else 40))
+    with tempfile.TemporaryDirectory(prefix="hw-bench-s3-") as workdir, s3_server(Path(workdir)) as s3:
+        results.extend(files.run_all(s3, quick=args.quick))
     print()
     print_table(results)
     if args.json:

@@ -47,7 +47,7 @@ def startup(runs: int = 40) -> list[Result]:
             "ms",
             "python -c pass",
             "<= 3.0",
-            lambda r: r <= 3.0,
+            lambda r: r.ratio <= 3.0,
         )
         for name in commands
     ]

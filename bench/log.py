@@ -99,7 +99,7 @@ async def replay(url: str, n: int = 200_000, runs: int = 3) -> Result:
         "events/s",
         "raw ordered consumer",
         ">= 0.80",
-        lambda r: r >= 0.8,
+        lambda r: r.ratio >= 0.8,
     )
 
 
@@ -149,5 +149,5 @@ async def appends(url: str, n: int = 50_000, runs: int = 3) -> Result:
         "events/s",
         "raw publish_async",
         ">= 0.50",
-        lambda r: r >= 0.5,
+        lambda r: r.ratio >= 0.5,
     )

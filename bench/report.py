@@ -14,10 +14,10 @@ class Result:
     metric: str
     headwater: float
     baseline: float
-    unit: str  # "events/s" (higher is better) or "ms" (lower is better)
+    unit: str  # e.g. "events/s", "MB/s", "files/s" (higher is better) or "ms", "s" (lower is better)
     baseline_name: str
     goal: str
-    meets: Callable[[float], bool]
+    meets: Callable[[Result], bool]
 
     @property
     def ratio(self) -> float:
@@ -25,12 +25,10 @@ class Result:
         return self.headwater / self.baseline
 
     def row(self) -> list[str]:
-        fmt = (
-            (lambda v: f"{v:,.0f} {self.unit}")
-            if self.unit == "events/s"
-            else (lambda v: f"{v:.1f} {self.unit}")
-        )
-        verdict = "yes" if self.meets(self.ratio) else "NO"
+        def fmt(value: float) -> str:
+            return f"{value:,.0f} {self.unit}" if value >= 100 else f"{value:,.2f} {self.unit}"
+
+        verdict = "yes" if self.meets(self) else "NO"
         return [
             self.metric,
             fmt(self.headwater),

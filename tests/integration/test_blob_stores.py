@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -67,3 +68,31 @@ def test_the_same_bytes_uploaded_again_are_stored_once(blob_store: Any) -> None:
     again.add("/copy-of-a", io.BytesIO(data))
     again.finish()
     assert sorted(blob_store.keys(CHUNKS)) == before
+
+
+def test_a_large_local_file_is_cut_from_a_map_and_always_gives_the_same_chunks(
+    blob_store: Any, tmp_path: Path
+) -> None:
+    def chunker() -> Chunker:
+        return Chunker(min_size=64 * 1024, avg_size=256 * 1024, max_size=512 * 1024)  # "large": >= 1 MiB
+
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(5 * 1024 * 1024 + 3))
+    alone = Upload(blob_store, chunker=chunker())
+    alone.add_file("/big", str(big))
+    first = TreeView.of([layers.read(blob_store, alone.finish().layer)])
+
+    batch = Upload(blob_store, chunker=chunker())
+    batch.add("/before", os.urandom(100_000))  # small files ahead of it leave bytes in the stream
+    batch.add_file("/again/big", str(big))
+    batch.add_file("/small", str(_write(tmp_path / "tiny", b"x" * 10)))
+    second = TreeView.of([layers.read(blob_store, batch.finish().layer)])
+
+    assert first.files["/big"].chunks == second.files["/again/big"].chunks
+    assert b"".join(read_ranges(blob_store, second.files["/again/big"].chunks)) == big.read_bytes()
+    assert b"".join(read_ranges(blob_store, second.files["/small"].chunks)) == b"x" * 10
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path

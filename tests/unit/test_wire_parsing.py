@@ -40,3 +40,34 @@ def test_no_responders_status_and_headers() -> None:
         "",
         {"Traceparent": "00-ab-cd-01", "X": "y: z"},
     )
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "$JS.ACK.HW_FS.cons.1.{seq}.17.1700000000000000000.{pending}",
+        "$JS.ACK.hub.ACCHASH.HW_FS.cons.1.{seq}.17.1700000000000000000.{pending}.rand",
+    ],
+    ids=["v1", "v2"],
+)
+async def test_the_projector_reads_sequence_and_pending_from_either_reply_layout(reply: str) -> None:
+    """The replay hot path parses replies inline (after the first): check it with both layouts."""
+    from hw_events.projection import Projector
+    from hw_events.streams import StreamKind, StreamSpec
+    from hw_fs.domain import PROJECTION
+
+    class NoNats:
+        def jetstream(self) -> None:
+            return None
+
+    class Delivery:
+        def __init__(self, seq: int, pending: int) -> None:
+            self.subject, self.data = "hw.fs.evt.x", b"{}"
+            self.reply = reply.format(seq=seq, pending=pending)
+
+    projector = Projector(NoNats(), StreamSpec("HW_FS", ("hw.fs.evt.>",), StreamKind.EVENTS), PROJECTION)
+    projector._target = 10
+    for seq, pending in [(4, 6), (5, 5), (9, 1)]:
+        await projector._on_message(Delivery(seq, pending))
+        assert (projector.applied, projector.pending) == (seq, pending)
+    assert projector.positions["hw.fs.evt.x"] == (9, 3)

@@ -148,6 +148,7 @@ class Projector(Generic[S]):
         self._evolve = projection.evolve
         self._event_tags = sorted(tag_of(t) for t in projection.event_types)
         self._caught_up = False  # mirrors _ready, cheaper to test once per message
+        self._tail_tokens = 0  # how many trailing tokens of a reply to split (0: not known yet)
         self._state_decoder = msgspec.msgpack.Decoder(projection.state_type)
         self._state_encoder = msgspec.msgpack.Encoder()
 
@@ -214,7 +215,12 @@ class Projector(Generic[S]):
 
     async def _on_message(self, msg: Any) -> None:  # noqa: PLR0912 - the replay hot path, in one piece
         """Fold one stored message into the state: the hot path of replay, kept in one function."""
-        seq, pending = parse_ack_reply(msg.reply)
+        if self._tail_tokens:  # parse_ack_reply, inlined: only the tail of the reply is split
+            tail = msg.reply.rsplit(".", self._tail_tokens)
+            seq, pending = int(tail[1]), int(tail[4])
+        else:
+            seq, pending = parse_ack_reply(msg.reply)
+            self._tail_tokens = 4 if msg.reply.count(".") == 8 else 5  # v1 or v2 layout, fixed per server
         self.applied = seq
         self.pending = pending
         self.read += 1

@@ -8,6 +8,7 @@ however long the stream: a 5 GB file streams through.
 from __future__ import annotations
 
 import logging
+from collections.abc import Generator
 
 try:
     from fastcdc.fastcdc_cy import fastcdc_cy as _fastcdc
@@ -19,6 +20,18 @@ except ImportError:  # pragma: no cover - the wheels ship the compiled version
 MIN_SIZE = 1 << 20  # 1 MiB
 AVG_SIZE = 4 << 20  # 4 MiB: a few milliseconds per S3 request are small against this
 MAX_SIZE = 8 << 20  # 8 MiB
+
+
+def cut_points(data: memoryview, like: Chunker) -> Generator[tuple[int, int], None, None]:
+    """(start, end) of each chunk of a whole buffer (a memory-mapped file), cut as `like` cuts.
+
+    Close the generator when done with it early: it holds a view of `data`."""
+    chunks = _fastcdc(data, like.min_size, like.avg_size, like.max_size)
+    try:
+        for c in chunks:
+            yield c.offset, c.offset + c.length
+    finally:
+        chunks.close()
 
 
 class Chunker:

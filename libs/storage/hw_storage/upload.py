@@ -1,13 +1,17 @@
 """Uploading files: stream them through the chunker, store the chunks, describe them in a layer.
 
-All files of one upload go through one chunk stream, so many small files share a few chunks (not
-one object each). Chunks are hashed and stored by a few threads while the next bytes are read and
-cut; at most `threads * 2` chunks wait in memory. A file's entry lists the ranges of chunks that
-hold its bytes.
+Small files of one upload go through one chunk stream, so many of them share a few chunks (not
+one object each). A large local file starts a chunk stream of its own (so the same file always
+gives the same chunks) and is cut straight from a memory map: its bytes are hashed and written
+from the page cache without being copied. Chunks are hashed and stored by a few threads while the
+next bytes are read and cut; at most `threads * 2` chunks wait. A file's entry lists the ranges
+of chunks that hold its bytes.
 """
 
 from __future__ import annotations
 
+import mmap
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -16,7 +20,7 @@ from typing import BinaryIO
 
 from hw_storage import layers
 from hw_storage.blobs import CHUNKS, BlobStore, content_key
-from hw_storage.chunking import Chunker
+from hw_storage.chunking import Chunker, cut_points
 from hw_storage.layers import APPEND, PUT, ChunkRange, Entry, Layer
 
 READ_SIZE = 4 << 20
@@ -77,6 +81,35 @@ class Upload:
             self._open.remove(record)
             self._entries.append((record, 0))
 
+    def add_file(self, path: str, local: str, *, append: bool = False) -> None:
+        """Add a local file; large ones are cut from a memory map, with no copy of their bytes."""
+        size = os.path.getsize(local)
+        if size < 2 * self._chunker.max_size:
+            with open(local, "rb") as stream:
+                self.add(path, stream, append=append)
+            return
+        for chunk in self._chunker.finish():  # what small files left: a large file starts afresh
+            self._emit(chunk)
+        record = _OpenFile(path, APPEND if append else PUT, self._offset, self._offset + size)
+        self._open.append(record)
+        with open(local, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            mapped.madvise(mmap.MADV_SEQUENTIAL)
+            view = memoryview(mapped)
+            stored = []
+            cuts = cut_points(view, self._chunker)
+            try:
+                for start, end in cuts:
+                    stored.append(self._emit(view[start:end]))
+                    self._offset += end - start
+                    self.bytes += end - start
+                    if self._progress is not None:
+                        self._progress(end - start)
+            finally:
+                cuts.close()
+                for future in stored:  # the chunks are views of the map: it stays until they are written
+                    future.exception()
+                view.release()
+
     def _feed(self, data: bytes) -> None:
         self._offset += len(data)
         self.bytes += len(data)
@@ -85,7 +118,7 @@ class Upload:
         if self._progress is not None:
             self._progress(len(data))
 
-    def _emit(self, chunk: bytes) -> None:
+    def _emit(self, chunk: bytes | memoryview) -> Future[str]:
         index = len(self._chunks)
         start, end = self._chunk_start, self._chunk_start + len(chunk)
         self._chunk_start = end
@@ -103,11 +136,18 @@ class Upload:
             else:
                 still_open.append(f)
         self._open = still_open
+        return future
 
-    def _store_chunk(self, chunk: bytes) -> str:
-        key = content_key(CHUNKS, chunk)
-        self._store.put(key, chunk)
-        return key
+    def _store_chunk(self, chunk: bytes | memoryview) -> str:
+        try:
+            key = content_key(CHUNKS, chunk)
+            self._store.put(key, chunk)
+            return key
+        finally:
+            if isinstance(chunk, memoryview):
+                # Release the view of the memory map here: the pool keeps its arguments alive a
+                # moment after the future is done, and the map cannot close while a view exists.
+                chunk.release()
 
     def finish(self) -> Uploaded:
         """Store what is left, wait for every chunk, then store the layer describing the files."""

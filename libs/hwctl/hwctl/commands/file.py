@@ -63,8 +63,10 @@ def _opener(path: str) -> Callable[[], BinaryIO]:
     return open_it
 
 
-def _sources(source: str, dest: str, recursive: bool) -> Iterator[tuple[str, Callable[[], BinaryIO], int]]:
-    """(path in the commit, how to open it, size or -1) for each file to put."""
+def _sources(
+    source: str, dest: str, recursive: bool
+) -> Iterator[tuple[str, Callable[[], BinaryIO] | str, int]]:
+    """(path in the commit, a local file or how to open a stream, size or -1) for each file to put."""
     from hw_storage import paths
 
     if source == "-":
@@ -89,7 +91,7 @@ def _sources(source: str, dest: str, recursive: bool) -> Iterator[tuple[str, Cal
             for name in sorted(files):
                 local = os.path.join(root, name)
                 relative = os.path.relpath(local, source).replace(os.sep, "/")
-                yield paths.join(base, relative), _opener(local), os.path.getsize(local)
+                yield paths.join(base, relative), local, os.path.getsize(local)
         return
     if not os.path.exists(source):
         raise UserError(f'cannot read "{source}": no such file or directory')
@@ -98,7 +100,10 @@ def _sources(source: str, dest: str, recursive: bool) -> Iterator[tuple[str, Cal
         if dest and not dest.endswith("/")
         else paths.join(dest or "/", os.path.basename(source))
     )
-    yield target, _opener(source), os.path.getsize(source)
+    if not os.path.isfile(source):  # a pipe or device: read it as a stream
+        yield target, _opener(source), -1
+        return
+    yield target, source, os.path.getsize(source)
 
 
 def put(args: argparse.Namespace) -> int:
@@ -114,9 +119,12 @@ def put(args: argparse.Namespace) -> int:
     ):
         upload = Upload(open_storage(), progress=advance)
         try:
-            for path, opener, _ in files:
-                with opener() as stream:
-                    upload.add(path, stream, append=args.append)
+            for path, source, _ in files:
+                if isinstance(source, str):
+                    upload.add_file(path, source, append=args.append)
+                else:
+                    with source() as stream:
+                        upload.add(path, stream, append=args.append)
             done = upload.finish()
         except BaseException:
             upload.abort()
