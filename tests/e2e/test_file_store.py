@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import http.server
+import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -229,3 +233,78 @@ def test_fs_killed_mid_upload_and_with_an_open_commit(headwater: str, hw_home: P
         hashlib.sha256(hwctl_bytes("get", "file", "data@master:/big.bin")).digest()
         == hashlib.sha256(data).digest()
     )
+
+
+@pytest.mark.parametrize("headwater", ["local"], indirect=True)
+def test_wait_urls_provenance_and_small_metadata(headwater: str, hw_home: Path, tmp_path: Path) -> None:
+    hwctl("create", "repo", "data")
+    hwctl("create", "repo", "model")
+
+    # wait commit blocks until the commit is finished
+    commit_id = hwctl("start", "commit", "data@master").stdout.strip()
+    waiter = subprocess.Popen(
+        [HWCTL, "wait", "commit", f"data@{commit_id}", "-o", "json"], stdout=subprocess.PIPE
+    )
+    assert waiter.poll() is None
+    hwctl("finish", "commit", "data@master")
+    out, _ = waiter.communicate(timeout=30)
+    assert json.loads(out)["finished"] is not None
+
+    # put file from a URL
+    served = write(tmp_path / "page.txt", b"served over http")
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    )
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        hwctl("put", "file", "data@master:/", "-f", f"http://127.0.0.1:{server.server_port}/{served.name}")
+    finally:
+        server.shutdown()
+    assert hwctl_bytes("get", "file", "data@master:/page.txt") == b"served over http"
+
+    # a branch that follows another gets an open AUTO commit, with one id, when the other moves
+    hwctl("create", "branch", "model@master", "-p", "data@master")
+    assert json_lines("inspect", "branch", "model@master")[0]["provenance"] == ["data@master"]
+    hwctl("put", "file", "data@master:/more", "-f", "-", stdin=b"x")
+    data_head = json_lines("inspect", "commit", "data@master")[0]
+    model_head = json_lines("inspect", "commit", "model@master")[0]
+    assert model_head["id"] == data_head["id"]  # one commit set
+    assert (model_head["origin"], model_head["finished"]) == ("AUTO", None)
+    assert error_of("put", "file", "model@master:/x", "-f", "-")[1].endswith("not by hand")
+    code, err = error_of("delete", "repo", "data")
+    assert code == 1
+    assert "is read by model@master" in err
+
+    # a thousand files in one put are one event, not a thousand
+    many = tmp_path / "many"
+    many.mkdir()
+    for i in range(1000):
+        write(many / f"{i:04}", b"%d" % i)
+    hwctl("put", "file", "-r", "data@bulk:/", "-f", str(many))
+    bulk = json_lines("inspect", "commit", "data@bulk")[0]
+    runtime: Any = Home(str(hw_home)).load()
+    events = _events(runtime.nats_url, "hw.fs.evt.data")
+    mine = [
+        e["event"]["type"]
+        for e in events
+        if e["event"].get("commit") == bulk["id"] or e["event"].get("head") == bulk["id"]
+    ]
+    assert sorted(mine) == ["branch_created", "commit_finished", "commit_started", "files_changed"]
+    assert bulk["files"] == 1000
+
+
+def _events(nats_url: str, subject: str) -> list[dict[str, Any]]:
+    script = (
+        "import asyncio, nats, sys\n"
+        "from hw_events.store import read_messages\n"
+        "async def main():\n"
+        "    nc = await nats.connect(sys.argv[1])\n"
+        "    for m in await read_messages(nc.jetstream(), 'HW_FS', sys.argv[2]):\n"
+        "        print(m.data.decode())\n"
+        "    await nc.close()\n"
+        "asyncio.run(main())\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, nats_url, subject], capture_output=True, text=True, check=True
+    )
+    return [json.loads(line) for line in result.stdout.splitlines()]

@@ -59,7 +59,8 @@ HEAVY = ("asyncio", "nats", "msgspec", "structlog", "opentelemetry", "typing", "
 def test_quick_commands_import_nothing_heavy() -> None:
     """`hwctl list repo` and `hwctl status` must stay cheap enough to call in a loop."""
     probe = (
-        "import sys; import hwctl.cli, hwctl.commands.repo, hwctl.commands.runtime; "
+        "import sys; import hwctl.cli, hwctl.commands.repo, hwctl.commands.runtime, hwctl.commands.branch, "
+        "hwctl.commands.commit, hwctl.commands.file; "
         "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in sys.argv[1:])))"
     )
     loaded = subprocess.run([sys.executable, "-c", probe, *HEAVY], capture_output=True, text=True, check=True)
