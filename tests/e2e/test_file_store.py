@@ -308,3 +308,41 @@ def _events(nats_url: str, subject: str) -> list[dict[str, Any]]:
         [sys.executable, "-c", script, nats_url, subject], capture_output=True, text=True, check=True
     )
     return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+@pytest.mark.parametrize("headwater", ["local"], indirect=True)
+def test_wait_commit_outlives_a_restart_of_fs(headwater: str, hw_home: Path) -> None:
+    hwctl("create", "repo", "data")
+    commit_id = hwctl("start", "commit", "data@master").stdout.strip()
+    waiter = subprocess.Popen(
+        [HWCTL, "wait", "commit", f"data@{commit_id}", "-o", "json"], stdout=subprocess.PIPE
+    )
+    runtime: Any = Home(str(hw_home)).load()
+    os.kill(runtime.services["fs"], signal.SIGKILL)
+    hwctl("up")
+    assert waiter.poll() is None  # still waiting, across the restart
+    hwctl("finish", "commit", "data@master")
+    out, _ = waiter.communicate(timeout=60)
+    assert waiter.returncode == 0
+    assert json.loads(out)["id"] == commit_id
+    code, err = error_of("wait", "commit", "data@nope", "--timeout", "1")
+    assert code == 1
+    assert 'branch "nope" not found' in err
+
+
+@pytest.mark.parametrize("headwater", ["local"], indirect=True)
+def test_a_damaged_chunk_is_reported_and_leaves_no_partial_file(
+    headwater: str, hw_home: Path, tmp_path: Path
+) -> None:
+    hwctl("create", "repo", "data")
+    hwctl("put", "file", "data@master:/f", "-f", "-", stdin=b"x" * 10_000)
+    assert (
+        hwctl("get", "file", "data@master:/f", "-o", str(tmp_path / "ok")).returncode,
+        (tmp_path / "ok").stat().st_size,
+    ) == (0, 10_000)
+    [stored] = [p for p in (hw_home / "data" / "chunks").rglob("*") if p.is_file()]
+    stored.write_bytes(stored.read_bytes()[:100])  # truncated behind Headwater's back
+    code, err = error_of("get", "file", "data@master:/f", "-o", str(tmp_path / "out"))
+    assert code == 70
+    assert "/f in data@master: a chunk is damaged in the object store" in err
+    assert not list(tmp_path.glob("out*"))

@@ -402,7 +402,9 @@ def test_a_write_into_an_open_commit_adds_a_layer() -> None:
         now=T0,
     )
     assert writes["data"] == [
-        FilesChanged(repo="data", commit=cid(2), layer="layers/x", files=3, bytes=30, size_bytes=40)
+        FilesChanged(
+            repo="data", commit=cid(2), layer="layers/x", files=3, bytes=30, size_bytes=40, total_files=4
+        )
     ]
 
 
@@ -423,6 +425,33 @@ def test_a_write_planned_on_an_old_head_is_stale() -> None:
             description="",
             now=T0,
         )
+
+
+def test_a_write_to_an_unknown_commit_id_is_not_a_new_branch() -> None:
+    with pytest.raises(NotFound, match=f"commit {cid(77)} not found in repo"):
+        domain.write_target(given(THREE_ON_STAGING), "data", cid(77))
+
+
+def test_an_open_commit_counts_its_files() -> None:
+    state = given(DATA, one_off("data", "master", 1, None))
+    apply(state, domain.decide_start_commit(state, StartCommit(repo="data", branch="master"), cid(2), T0))
+    plan = domain.write_target(state, "data", "master")
+    apply(
+        state,
+        domain.decide_write(
+            state,
+            "data",
+            "master",
+            planned=plan,
+            layer="layers/x",
+            counts=(3, 30),
+            summary=Summary(("layers/1", "layers/x"), 40, 4),
+            set_id=cid(9),
+            description="",
+            now=T0,
+        ),
+    )
+    assert state.repos["data"].commits[cid(2)].files == 4
 
 
 def test_writes_to_finished_commits_or_ancestry_are_refused() -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import random
 import re
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -132,3 +134,78 @@ def test_compaction_keeps_the_same_files() -> None:
     tree = TreeView.of([layers.build(files("a", "b/c")), layers.build([Entry("/a", DELETE)])])
     assert TreeView.of([tree.as_layer()]).files == tree.files
     assert layers.decode(layers.encode(tree.as_layer())) == tree.as_layer()
+
+
+def test_the_same_bytes_in_other_chunks_are_no_change() -> None:
+    """Put again in another batch, a file's chunks differ but its content does not."""
+    one = Entry("/f", PUT, 4, (ChunkRange("chunks/a", 0, 4),), "1" * 64)
+    other = Entry("/f", PUT, 4, (ChunkRange("chunks/b", 10, 4),), "1" * 64)
+    old, new = TreeView.of([layers.build([one])]), TreeView.of([layers.build([other])])
+    assert new.changes_since(old) == ([], [])
+    changed = TreeView.of([layers.build([Entry("/f", PUT, 4, (ChunkRange("chunks/b", 0, 4),), "2" * 64)])])
+    assert [n.path for n in changed.changes_since(old)[0]] == ["/", "/f"]
+
+
+@pytest.mark.parametrize(
+    ("pattern", "matches"),
+    [
+        ("**/*.csv", ["/a.csv", "/d/b.csv", "/d/e/c.csv"]),
+        ("/d[/]b.csv", []),
+        ("/d[!x]b.csv", []),  # a class never matches the separator
+        ("/d/[!x].csv", ["/d/b.csv"]),
+        ("/d/[a-c].csv", ["/d/b.csv"]),
+    ],
+)
+def test_glob_edge_cases(pattern: str, matches: list[str]) -> None:
+    tree = TreeView.of([layers.build(files("a.csv", "d/b.csv", "d/e/c.csv"))])
+    assert [n.path for n in tree.glob(pattern) if n.type == "file"] == matches
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        (Entry("relative", PUT), "not normalised"),
+        (Entry("/a/../b", PUT), "invalid path"),
+        (Entry("/a", 9), "unknown operation"),
+        (Entry("/a", PUT, 5, (ChunkRange("chunks/x", 0, 5),)), "chunk range is malformed"),
+        (Entry("/a", PUT, 6, (ChunkRange("chunks/" + "a" * 64, 0, 5),)), "size 6 is not the sum"),
+        (Entry("/a", DELETE, 3), "a delete carries no content"),
+        (Entry("/a", PUT, 0, (), "zz"), "hash is malformed"),
+    ],
+)
+def test_a_layer_written_wrongly_is_refused(entry: Entry, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        layers.validate(layers.Layer(entries=(entry,)))
+
+
+@pytest.mark.parametrize("key", ["chunks/../../etc/passwd", "secrets/" + "a" * 64, "chunks/ABC", "layers/"])
+def test_local_blob_keys_cannot_leave_the_root(key: str, tmp_path: Path) -> None:
+    from hw_storage.local import LocalBlobStore
+
+    with pytest.raises(ValueError, match="invalid blob key"):
+        LocalBlobStore(str(tmp_path)).path(key)
+
+
+def test_a_large_file_that_changes_while_uploading_is_refused(tmp_path: Path) -> None:
+    from hw_storage.local import LocalBlobStore
+    from hw_storage.upload import Upload
+
+    big = tmp_path / "big"
+    big.write_bytes(os.urandom(3 * 1024 * 1024))
+    changed = False
+
+    def meddle(_: int) -> None:  # called from inside the upload's loop over the file
+        nonlocal changed
+        if not changed:
+            changed = True
+            with open(big, "ab") as f:
+                f.write(b"more")
+
+    upload = Upload(LocalBlobStore(str(tmp_path / "blobs")), chunker=small_chunker_mib(), progress=meddle)
+    with pytest.raises(UserError, match="changed while it was being uploaded"):
+        upload.add_file("/big", str(big))
+    upload.abort()
+
+
+def small_chunker_mib() -> Chunker:
+    return Chunker(min_size=64 * 1024, avg_size=256 * 1024, max_size=512 * 1024)

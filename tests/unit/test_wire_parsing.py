@@ -47,8 +47,9 @@ def test_no_responders_status_and_headers() -> None:
     [
         "$JS.ACK.HW_FS.cons.1.{seq}.17.1700000000000000000.{pending}",
         "$JS.ACK.hub.ACCHASH.HW_FS.cons.1.{seq}.17.1700000000000000000.{pending}.rand",
+        "$JS.ACK.hub.ACCHASH.HW_FS.cons.1.{seq}.17.1700000000000000000.{pending}",
     ],
-    ids=["v1", "v2"],
+    ids=["v1", "v2", "v2-short"],
 )
 async def test_the_projector_reads_sequence_and_pending_from_either_reply_layout(reply: str) -> None:
     """The replay hot path parses replies inline (after the first): check it with both layouts."""

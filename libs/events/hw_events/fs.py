@@ -71,6 +71,7 @@ class FilesChanged(Event, frozen=True, kw_only=True, tag="files_changed"):
     files: int = 0  # entries in the layer
     bytes: int = 0  # bytes uploaded for it
     size_bytes: int = 0  # the commit's total size with this layer
+    total_files: int = 0  # the commit's file count with this layer
 
 
 class CommitFinished(Event, frozen=True, kw_only=True, tag="commit_finished"):

@@ -206,9 +206,14 @@ class Projector(Generic[S]):
             self._sub = None
         if snapshot and self.read > self._read_at_snapshot:
             await self.save_snapshot()
-        for _, future in self._waiters:
+        self.release_waiters()
+
+    def release_waiters(self) -> None:
+        """Fail whatever waits on this projector (the service is stopping): callers retry elsewhere."""
+        stopped = f"the {self.projection.name} projection stopped (the service is shutting down)"
+        for future in [f for _, f in self._waiters] + [f for _, f in self._watchers]:
             if not future.done():
-                future.set_exception(ServiceUnavailable(f"{self.projection.name} projection stopped"))
+                future.set_exception(ServiceUnavailable(stopped))
         self._waiters.clear()
 
     # --- reading the stream ------------------------------------------------------------------------
@@ -220,7 +225,9 @@ class Projector(Generic[S]):
             seq, pending = int(tail[1]), int(tail[4])
         else:
             seq, pending = parse_ack_reply(msg.reply)
-            self._tail_tokens = 4 if msg.reply.count(".") == 8 else 5  # v1 or v2 layout, fixed per server
+            # v1 (9 tokens), or v2 with 11 or 12 (a trailing token is optional): 4 or 5 tail tokens
+            dots = msg.reply.count(".")
+            self._tail_tokens = 4 if dots == 8 else dots - 6
         self.applied = seq
         self.pending = pending
         self.read += 1

@@ -250,6 +250,8 @@ async def serve(
     log.info("service_stopping")
     runtime.accepting = False
     runtime.stopping.set()
+    for projector in runtime.projectors.values():
+        projector.release_waiters()  # a long wait (wait commit) must not hold up the stop
     if server is not None:
         await server.stop()
     await runtime._background_done(timeout=10)

@@ -83,12 +83,13 @@ class Client:
         for up to RETRY_FOR seconds with the same command id, so the command still lands once.
         """
         body = json.dumps({"id": os.urandom(16).hex(), **(fields or {})}).encode()
-        deadline = time.monotonic() + RETRY_FOR
+        deadline: float | None = None  # counted from the first failure, however long that took
         pause = 0.2
         while True:
             try:
                 return self._send(service, command, body, timeout)
             except TransientError:
+                deadline = deadline or time.monotonic() + RETRY_FOR
                 if not retry or time.monotonic() + pause > deadline:
                     raise
             time.sleep(pause)

@@ -19,6 +19,10 @@ class BlobNotFound(KeyError):
     """A key the store does not hold (data lost, or a wrong reference)."""
 
 
+class BlobDamaged(ValueError):
+    """A blob is there but does not hold what was stored (truncated, overwritten)."""
+
+
 class BlobStore(Protocol):
     """Where chunks and layers live. Implementations: local disk, S3. Thread-safe."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
-from hw_storage.blobs import BlobStore
+from hw_storage.blobs import BlobDamaged, BlobStore
 from hw_storage.layers import ChunkRange
 
 
@@ -17,8 +17,16 @@ def read_ranges(store: BlobStore, ranges: Iterable[ChunkRange], *, threads: int 
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="hw-download") as pool:
         window = [pool.submit(store.get_range, r.chunk, r.offset, r.length) for r in pending[:threads]]
         next_index = len(window)
+        done = 0
         while window:
             data = window.pop(0).result()
+            expected = pending[done]
+            if len(data) != expected.length:
+                raise BlobDamaged(
+                    f"{expected.chunk} gave {len(data)} bytes where {expected.length} were expected "
+                    f"at offset {expected.offset}"
+                )
+            done += 1
             if next_index < len(pending):
                 r = pending[next_index]
                 window.append(pool.submit(store.get_range, r.chunk, r.offset, r.length))

@@ -12,6 +12,7 @@ the order of entries inside a layer never matters. Only metadata: a layer entry 
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Iterable
 
 import msgspec
@@ -37,6 +38,7 @@ class Entry(msgspec.Struct, array_like=True, frozen=True):
     op: int
     size: int = 0
     chunks: tuple[ChunkRange, ...] = ()
+    hash: str = ""  # BLAKE3 of the file's bytes ("" when unknown): what "the same content" means
 
 
 class Layer(msgspec.Struct, frozen=True):
@@ -64,6 +66,30 @@ def build(entries: Iterable[Entry]) -> Layer:
                 what = _OP_NAMES[entry.op]
                 raise UserError(f'cannot {what} "{entry.path}" and delete "{deleted}" in one request')
     return Layer(entries=tuple(ordered))
+
+
+_CHUNK_KEY = re.compile(r"^chunks/[0-9a-f]{64}$")
+_HASH = re.compile(r"^([0-9a-f]{64})?$")
+
+
+def validate(layer: Layer) -> None:
+    """Refuse a layer a client wrote wrongly: every path normalised, known operations, chunk keys of
+    the right form, and sizes that are the sum of the ranges."""
+    for entry in layer.entries:
+        where = f'layer entry "{entry.path}"'
+        if paths.normalize(entry.path) != entry.path:
+            raise UserError(f"{where}: the path is not normalised")
+        if entry.op not in _OP_NAMES:
+            raise UserError(f"{where}: unknown operation {entry.op}")
+        if entry.op == DELETE and (entry.chunks or entry.size):
+            raise UserError(f"{where}: a delete carries no content")
+        if any(not _CHUNK_KEY.match(c.chunk) or c.offset < 0 or c.length < 0 for c in entry.chunks):
+            raise UserError(f"{where}: a chunk range is malformed")
+        if entry.op != DELETE and entry.size != sum(c.length for c in entry.chunks):
+            raise UserError(f"{where}: size {entry.size} is not the sum of its ranges")
+        if not _HASH.match(entry.hash):
+            raise UserError(f"{where}: the content hash is malformed")
+    build(layer.entries)  # one entry per path, no delete overlapping a write
 
 
 def encode(layer: Layer) -> bytes:

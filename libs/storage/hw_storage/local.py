@@ -9,10 +9,14 @@ interval), durability against power loss comes from the file system's own writeb
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from collections.abc import Iterator
 
-from hw_storage.blobs import BlobNotFound
+from hw_storage.blobs import CHUNKS, LAYERS, BlobNotFound
+
+KINDS = (CHUNKS, LAYERS)
+_NAME = re.compile(r"^[0-9a-f]{64}$")
 
 
 class LocalBlobStore:
@@ -22,8 +26,9 @@ class LocalBlobStore:
         os.makedirs(self.root, exist_ok=True)
 
     def path(self, key: str) -> str:
+        """Where a key lives; only `<kind>/<64 hex>` keys of known kinds, so none leaves the root."""
         kind, _, name = key.partition("/")
-        if not kind or not name or "/" in name or name.startswith("."):
+        if kind not in KINDS or not _NAME.match(name):
             raise ValueError(f"invalid blob key {key!r}")
         return os.path.join(self.root, kind, name[:2], name)
 

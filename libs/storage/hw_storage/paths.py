@@ -59,6 +59,10 @@ def glob_regex(pattern: str) -> re.Pattern[str]:
     out, i = [], 0
     while i < len(pattern):
         c = pattern[i]
+        if pattern.startswith("**/", i):  # zero or more directories: `**/*.csv` matches `/a.csv` too
+            out.append("(?:.*/)?")
+            i += 3
+            continue
         if pattern.startswith("**", i):
             out.append(".*")
             i += 2
@@ -74,7 +78,7 @@ def glob_regex(pattern: str) -> re.Pattern[str]:
             body = pattern[i + 1 : end]
             if body.startswith("!"):
                 body = "^" + body[1:]
-            out.append(f"[{body}]")
+            out.append(f"(?!/)[{body}]")  # a class never matches the separator
             i = end
         else:
             out.append(re.escape(c))

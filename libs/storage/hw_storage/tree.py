@@ -18,6 +18,15 @@ from hw_storage.layers import APPEND, DELETE, PUT, ChunkRange, Entry, Layer
 class FileRecord(NamedTuple):
     size: int
     chunks: tuple[ChunkRange, ...]
+    hash: str = ""  # BLAKE3 of the bytes, "" when unknown (after an append)
+
+    def same_content(self, other: FileRecord) -> bool:
+        """Equal bytes: by hash when both are known, else by the chunk ranges holding them."""
+        if self.size != other.size:
+            return False
+        if self.hash and other.hash:
+            return self.hash == other.hash
+        return self.chunks == other.chunks
 
 
 class Node(NamedTuple):
@@ -60,7 +69,7 @@ class TreeView:
                 old = self.files[entry.path]
                 self._put(entry.path, FileRecord(old.size + entry.size, old.chunks + entry.chunks))
             elif entry.op in (PUT, APPEND):
-                self._put(entry.path, FileRecord(entry.size, entry.chunks))
+                self._put(entry.path, FileRecord(entry.size, entry.chunks, entry.hash))
             else:
                 raise UserError(f"a layer holds an unknown operation {entry.op} for {entry.path}")
 
@@ -154,14 +163,16 @@ class TreeView:
         new_side: dict[str, Node] = {}
         old_side: dict[str, Node] = {}
         for path, record in self.files.items():
-            if old.files.get(path) != record:
+            before = old.files.get(path)
+            if before is None or not before.same_content(record):
                 new_side[path] = Node(path, "file", record.size)
                 for d in paths.ancestors(path):
                     new_side.setdefault(d, self.node(d))  # type: ignore[arg-type]
                     if d in old._dirs:
                         old_side.setdefault(d, old.node(d))  # type: ignore[arg-type]
         for path, record in old.files.items():
-            if self.files.get(path) != record:
+            after = self.files.get(path)
+            if after is None or not after.same_content(record):
                 old_side[path] = Node(path, "file", record.size)
                 for d in paths.ancestors(path):
                     old_side.setdefault(d, old.node(d))  # type: ignore[arg-type]
@@ -171,4 +182,6 @@ class TreeView:
 
     def as_layer(self) -> Layer:
         """All files as one layer of puts: what compaction stores."""
-        return Layer(entries=tuple(Entry(p, PUT, r.size, r.chunks) for p, r in sorted(self.files.items())))
+        return Layer(
+            entries=tuple(Entry(p, PUT, r.size, r.chunks, r.hash) for p, r in sorted(self.files.items()))
+        )

@@ -18,6 +18,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+import blake3
+
+from hw_events.errors import UserError
 from hw_storage import layers
 from hw_storage.blobs import CHUNKS, BlobStore, content_key
 from hw_storage.chunking import Chunker, cut_points
@@ -33,6 +36,7 @@ class _OpenFile:
     start: int  # stream offset of its first byte
     end: int = -1  # known once its last byte is fed
     ranges: list[tuple[int, int, int]] = field(default_factory=list)  # (chunk index, offset, length)
+    hash: str | Future[str] = ""  # of its bytes (a future while a large file's is computed)
 
 
 @dataclass(frozen=True)
@@ -71,44 +75,56 @@ class Upload:
         """Add a file's contents (a binary stream, read to its end, or bytes) at `path`."""
         record = _OpenFile(path, APPEND if append else PUT, self._offset)
         self._open.append(record)
+        hasher = blake3.blake3()
         if isinstance(source, bytes):
+            hasher.update(source)
             self._feed(source)
         else:
             while block := source.read(READ_SIZE):
+                hasher.update(block)
                 self._feed(block)
         record.end = self._offset
+        record.hash = hasher.hexdigest()
         if record.end == record.start:  # empty file: nothing to wait for
             self._open.remove(record)
             self._entries.append((record, 0))
 
     def add_file(self, path: str, local: str, *, append: bool = False) -> None:
         """Add a local file; large ones are cut from a memory map, with no copy of their bytes."""
-        size = os.path.getsize(local)
-        if size < 2 * self._chunker.max_size:
-            with open(local, "rb") as stream:
-                self.add(path, stream, append=append)
-            return
+        with open(local, "rb") as f:
+            before = os.fstat(f.fileno())
+            if before.st_size < 2 * self._chunker.max_size:
+                self.add(path, f, append=append)
+                return
+            self._add_mapped(path, f, before, append=append)
+
+    def _add_mapped(self, path: str, f: BinaryIO, before: os.stat_result, *, append: bool) -> None:
         for chunk in self._chunker.finish():  # what small files left: a large file starts afresh
             self._emit(chunk)
-        record = _OpenFile(path, APPEND if append else PUT, self._offset, self._offset + size)
-        self._open.append(record)
-        with open(local, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
             mapped.madvise(mmap.MADV_SEQUENTIAL)
+            size = len(mapped)
+            record = _OpenFile(path, APPEND if append else PUT, self._offset, self._offset + size)
+            self._open.append(record)
             view = memoryview(mapped)
-            stored = []
+            pending = [self._pool.submit(_hash_whole, view)]
+            record.hash = pending[0]
             cuts = cut_points(view, self._chunker)
             try:
                 for start, end in cuts:
-                    stored.append(self._emit(view[start:end]))
+                    pending.append(self._emit(view[start:end]))
                     self._offset += end - start
                     self.bytes += end - start
                     if self._progress is not None:
                         self._progress(end - start)
             finally:
                 cuts.close()
-                for future in stored:  # the chunks are views of the map: it stays until they are written
+                for future in pending:  # they read the map: it stays until they are done
                     future.exception()
                 view.release()
+        after = os.fstat(f.fileno())
+        if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+            raise UserError(f'"{f.name}" changed while it was being uploaded; put it again')
 
     def _feed(self, data: bytes) -> None:
         self._offset += len(data)
@@ -139,15 +155,17 @@ class Upload:
         return future
 
     def _store_chunk(self, chunk: bytes | memoryview) -> str:
-        try:
-            key = content_key(CHUNKS, chunk)
-            self._store.put(key, chunk)
-            return key
-        finally:
-            if isinstance(chunk, memoryview):
-                # Release the view of the memory map here: the pool keeps its arguments alive a
-                # moment after the future is done, and the map cannot close while a view exists.
-                chunk.release()
+        if isinstance(chunk, memoryview):
+            # A view of a memory-mapped file: copy it once, so the bytes hashed are the bytes
+            # written even if the file changes meanwhile, and release the view here (the pool
+            # keeps its arguments alive a moment after the future is done; the map must close).
+            with chunk:
+                data = bytes(chunk)
+        else:
+            data = chunk
+        key = content_key(CHUNKS, data)
+        self._store.put(key, data)
+        return key
 
     def finish(self) -> Uploaded:
         """Store what is left, wait for every chunk, then store the layer describing the files."""
@@ -158,7 +176,13 @@ class Upload:
         finally:
             self._pool.shutdown(wait=True)
         entries = [
-            Entry(f.path, f.op, size, tuple(ChunkRange(keys[i], off, length) for i, off, length in f.ranges))
+            Entry(
+                f.path,
+                f.op,
+                size,
+                tuple(ChunkRange(keys[i], off, length) for i, off, length in f.ranges),
+                f.hash if isinstance(f.hash, str) else f.hash.result(),
+            )
             for f, size in self._entries
         ]
         layer = layers.build(entries)
@@ -166,6 +190,10 @@ class Upload:
 
     def abort(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _hash_whole(view: memoryview) -> str:
+    return str(blake3.blake3(view, max_threads=blake3.blake3.AUTO).hexdigest())
 
 
 def write_layer(store: BlobStore, entries: list[Entry]) -> Uploaded:

@@ -135,7 +135,10 @@ def evolve(state: FsState, event: FsEvent) -> FsState:
             repo = state.repos[event.repo]
             commit = repo.commits[event.commit]
             repo.commits[event.commit] = msgspec.structs.replace(
-                commit, layers=(*commit.layers, event.layer), size_bytes=event.size_bytes
+                commit,
+                layers=(*commit.layers, event.layer),
+                size_bytes=event.size_bytes,
+                files=event.total_files,
             )
         case CommitFinished():
             repo = state.repos[event.repo]
@@ -559,8 +562,10 @@ def write_target(state: FsState, repo_name: str, ref: str) -> WriteTarget:
     """Where a write to `ref` lands: the open commit it names (or its branch's open head), else a
     new commit on the branch `ref` (created if it does not exist)."""
     repo = repo_of(state, repo_name)
-    if is_commit_id(ref) and ref in repo.commits:
-        commit = repo.commits[ref]
+    if is_commit_id(ref) and ref not in repo.branches:
+        commit = repo.commits.get(ref)
+        if commit is None:  # a mistyped id must not become a branch
+            raise NotFound(f'commit {ref} not found in repo "{repo.name}"')
         if commit.finished is not None:
             raise UserError(f"commit {ref} is finished; start a new commit")
         return WriteTarget(commit.id, commit.branch, commit.parent, commit.layers)
@@ -604,6 +609,7 @@ def decide_write(
                 files=files,
                 bytes=uploaded,
                 size_bytes=summary.size_bytes,
+                total_files=summary.files,
             )
         )
         return writes

@@ -51,13 +51,14 @@ from hw_events.service import Runtime
 from hw_fs import domain
 from hw_fs.domain import FsState, StalePlan, Writes
 from hw_fs.trees import Trees
-from hw_storage import paths
+from hw_storage import layers, paths
 from hw_storage.config import open_store
 from hw_storage.layers import APPEND, DELETE, PUT, Entry
 from hw_storage.tree import Node, TreeView
 from hw_storage.upload import write_layer
 
 ATTEMPTS = 5
+WAIT_AT_MOST = 60.0  # seconds one wait_commit request waits; clients ask again
 
 
 def _subjects(writes: Writes) -> dict[str, list[Any]]:
@@ -183,7 +184,10 @@ class FsHandlers:
                 repo is None or commit.id not in repo.commits or repo.commits[commit.id].finished is not None
             )
 
-        await self.fs.wait_until(finished, query.timeout or None, f"commit {commit.id} to finish")
+        # Bounded, so a client re-asks (surviving a restart of this service) instead of holding a
+        # request and a command slot for as long as a commit stays open.
+        patience = min(query.timeout or WAIT_AT_MOST, WAIT_AT_MOST)
+        await self.fs.wait_until(finished, patience, f"commit {commit.id} to finish")
         return self.info(query.repo, commit.id)
 
     # --- files -------------------------------------------------------------------------------------
@@ -242,11 +246,16 @@ class FsHandlers:
             return domain.commit_info(r, r.commits[set_id])
         if target and target[0].open_commit is not None:
             return domain.commit_info(r, r.commits[target[0].open_commit])
-        return domain.commit_info(r, domain.resolve(self.fs.state, repo, ref))  # a retry into an open commit
+        # A retry into an open commit: the commit holding its layer, else (a retried copy or
+        # delete, whose layer is not known here) what the ref names now.
+        holder = next((c for c in r.commits.values() if layer and layer in c.layers), None)
+        return domain.commit_info(r, holder or domain.resolve(self.fs.state, repo, ref))
 
     async def modify_files(self, command: ModifyFiles) -> CommitInfo:
         if not command.layer.startswith("layers/"):
             raise UserError(f'"{command.layer}" is not a layer key')
+        if self.fs.seen(command.id) is None:  # a layer the client wrote: check it before it counts
+            layers.validate(await asyncio.to_thread(self.trees.layer, command.layer))
         return await self.write(
             command.id,
             command.repo,

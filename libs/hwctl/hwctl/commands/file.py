@@ -155,6 +155,10 @@ def get_args(p: argparse.ArgumentParser) -> None:
 
 
 def get(args: argparse.Namespace) -> int:
+    import contextlib
+
+    from hw_events.errors import InternalError
+    from hw_storage.blobs import BlobDamaged, BlobNotFound
     from hw_storage.download import read_ranges
     from hw_storage.layers import ChunkRange
     from hwctl.storage import open_storage
@@ -164,14 +168,26 @@ def get(args: argparse.Namespace) -> int:
         content = hw.request("fs", "get_file", {"repo": target.repo, "ref": target.ref, "path": target.path})
     ranges = [ChunkRange(*c) for c in content["chunks"]]
     pieces = read_ranges(open_storage(), ranges)
-    if args.output_file:
-        with open(args.output_file, "wb") as out:
+    try:
+        if args.output_file:
+            # Into a temporary file renamed at the end: a failure never leaves half a file behind.
+            partial = f"{args.output_file}.hwctl-partial"
+            with open(partial, "wb") as out:
+                for piece in pieces:
+                    out.write(piece)
+            os.replace(partial, args.output_file)
+        else:
             for piece in pieces:
-                out.write(piece)
-    else:
-        for piece in pieces:
-            sys.stdout.buffer.write(piece)
-        sys.stdout.buffer.flush()
+                sys.stdout.buffer.write(piece)
+            sys.stdout.buffer.flush()
+    except (BlobNotFound, BlobDamaged) as err:
+        if args.output_file:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(f"{args.output_file}.hwctl-partial")
+        what = "missing from" if isinstance(err, BlobNotFound) else "damaged in"
+        raise InternalError(
+            f"{target.path} in {target.repo}@{target.ref}: a chunk is {what} the object store ({err})"
+        ) from None
     return 0
 
 
