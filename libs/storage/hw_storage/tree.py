@@ -162,22 +162,19 @@ class TreeView:
         directories containing them, as `diff file` shows them."""
         new_side: dict[str, Node] = {}
         old_side: dict[str, Node] = {}
-        for path, record in self.files.items():
-            before = old.files.get(path)
-            if before is None or not before.same_content(record):
-                new_side[path] = Node(path, "file", record.size)
-                for d in paths.ancestors(path):
-                    new_side.setdefault(d, self.node(d))  # type: ignore[arg-type]
-                    if d in old._dirs:
-                        old_side.setdefault(d, old.node(d))  # type: ignore[arg-type]
-        for path, record in old.files.items():
-            after = self.files.get(path)
-            if after is None or not after.same_content(record):
-                old_side[path] = Node(path, "file", record.size)
-                for d in paths.ancestors(path):
-                    old_side.setdefault(d, old.node(d))  # type: ignore[arg-type]
-                    if d in self._dirs:
-                        new_side.setdefault(d, self.node(d))  # type: ignore[arg-type]
+        for mine, theirs, on_mine, on_theirs in (
+            (self, old, new_side, old_side),
+            (old, self, old_side, new_side),
+        ):
+            for path, record in mine.files.items():
+                other = theirs.files.get(path)
+                if other is not None and other.same_content(record):
+                    continue
+                on_mine[path] = Node(path, "file", record.size)
+                for d in paths.ancestors(path):  # the directories holding a change, on each side
+                    on_mine.setdefault(d, mine.node(d))  # type: ignore[arg-type]
+                    if d in theirs._dirs:
+                        on_theirs.setdefault(d, theirs.node(d))  # type: ignore[arg-type]
         return sorted(new_side.values()), sorted(old_side.values())
 
     def as_layer(self) -> Layer:
