@@ -3,7 +3,9 @@ using fresh stream and subject names, or a NATS server of its own where names ar
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -91,6 +93,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 os.environ.setdefault("HW_LOG_LEVEL", "warning")
 # Nothing a test starts may write into the real ~/.headwater (tests that need one set their own).
 os.environ["HW_HOME"] = tempfile.mkdtemp(prefix="hw-tests-home-")
+atexit.register(shutil.rmtree, os.environ["HW_HOME"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
