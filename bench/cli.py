@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import tempfile
@@ -10,8 +9,7 @@ import time
 from pathlib import Path
 
 from bench.report import Result, median_of, progress
-
-HWCTL = str(Path(sys.executable).parent / "hwctl")
+from tests.e2e.cli import HWCTL
 
 
 def _time_ms(argv: list[str], env: dict[str, str]) -> float:
@@ -21,23 +19,18 @@ def _time_ms(argv: list[str], env: dict[str, str]) -> float:
 
 
 def startup(runs: int = 40) -> list[Result]:
-    with tempfile.TemporaryDirectory(prefix="hw-bench-") as home:
-        env = {**os.environ, "HW_HOME": home}
-        env.pop("HW_NATS_URL", None)
-        subprocess.run([HWCTL, "up"], env=env, check=True, capture_output=True)
-        subprocess.run([HWCTL, "create", "repo", "bench"], env=env, check=True)
-        try:
-            progress(f"timing hwctl start-up ({runs} runs each)...")
-            commands = {"status": [HWCTL, "status"], "list repo": [HWCTL, "list", "repo"]}
-            samples: dict[str, list[float]] = {name: [] for name in [*commands, "python"]}
-            for argv in [*commands.values(), [sys.executable, "-c", "pass"]]:
-                _time_ms(argv, env)  # warm the page cache
-            for _ in range(runs):  # interleaved, so background load hits both sides alike
-                samples["python"].append(_time_ms([sys.executable, "-c", "pass"], env))
-                for name, argv in commands.items():
-                    samples[name].append(_time_ms(argv, env))
-        finally:
-            subprocess.run([HWCTL, "down"], env=env, check=True, capture_output=True)
+    from bench.files import headwater
+
+    with tempfile.TemporaryDirectory(prefix="hw-bench-") as workdir, headwater(Path(workdir)) as env:
+        progress(f"timing hwctl start-up ({runs} runs each)...")
+        commands = {"status": [HWCTL, "status"], "list repo": [HWCTL, "list", "repo"]}
+        samples: dict[str, list[float]] = {name: [] for name in [*commands, "python"]}
+        for argv in [*commands.values(), [sys.executable, "-c", "pass"]]:
+            _time_ms(argv, env)  # warm the page cache
+        for _ in range(runs):  # interleaved, so background load hits both sides alike
+            samples["python"].append(_time_ms([sys.executable, "-c", "pass"], env))
+            for name, argv in commands.items():
+                samples[name].append(_time_ms(argv, env))
     baseline = median_of(samples["python"])
     return [
         Result(

@@ -9,7 +9,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import pytest
 
 from hwctl.home import Home
-from tests.e2e.cli import HWCTL, error_of, hwctl, hwctl_bytes, json_lines
+from tests.e2e.cli import HWCTL, error_of, hwctl, hwctl_bytes, json_lines, stored_events
 from tests.infra import S3Endpoint
 
 
@@ -283,7 +282,7 @@ def test_wait_urls_provenance_and_small_metadata(headwater: str, hw_home: Path, 
     hwctl("put", "file", "-r", "data@bulk:/", "-f", str(many))
     bulk = json_lines("inspect", "commit", "data@bulk")[0]
     runtime: Any = Home(str(hw_home)).load()
-    events = _events(runtime.nats_url, "hw.fs.evt.data")
+    events = stored_events(runtime.nats_url, "hw.fs.evt.data")
     mine = [
         e["event"]["type"]
         for e in events
@@ -291,23 +290,6 @@ def test_wait_urls_provenance_and_small_metadata(headwater: str, hw_home: Path, 
     ]
     assert sorted(mine) == ["branch_created", "commit_finished", "commit_started", "files_changed"]
     assert bulk["files"] == 1000
-
-
-def _events(nats_url: str, subject: str) -> list[dict[str, Any]]:
-    script = (
-        "import asyncio, nats, sys\n"
-        "from hw_events.store import read_messages\n"
-        "async def main():\n"
-        "    nc = await nats.connect(sys.argv[1])\n"
-        "    for m in await read_messages(nc.jetstream(), 'HW_FS', sys.argv[2]):\n"
-        "        print(m.data.decode())\n"
-        "    await nc.close()\n"
-        "asyncio.run(main())\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", script, nats_url, subject], capture_output=True, text=True, check=True
-    )
-    return [json.loads(line) for line in result.stdout.splitlines()]
 
 
 @pytest.mark.parametrize("headwater", ["local"], indirect=True)

@@ -7,7 +7,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ from hw_events import subjects
 from hwctl import processes
 from hwctl.home import Home
 from hwctl.natsclient import Connection
-from tests.e2e.cli import hwctl
+from tests.e2e.cli import hwctl, stored_events
 from tests.infra import NatsServer
 
 
@@ -152,25 +151,7 @@ def test_the_trace_spans_cli_service_and_the_events_it_appends(hw_home: Path, tm
     assert handled[0]["resource"]["attributes"]["service.name"] == "headwater-fs"
 
     hwctl("up")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import asyncio, nats, sys\n"
-            "from hw_events.store import read_messages\n"
-            "async def main():\n"
-            "    nc = await nats.connect(sys.argv[1])\n"
-            "    for m in await read_messages(nc.jetstream(), 'HW_FS', 'hw.fs.evt.traced'):\n"
-            "        print(m.data.decode())\n"
-            "    await nc.close()\n"
-            "asyncio.run(main())\n",
-            runtime(hw_home).nats_url,
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    [stored] = [json.loads(line) for line in result.stdout.splitlines()]
+    [stored] = stored_events(runtime(hw_home).nats_url, "hw.fs.evt.traced")
     assert stored["event"]["type"] == "repo_created"
     assert stored["trace"]["traceparent"].split("-")[1] == trace_id
 
