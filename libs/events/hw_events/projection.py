@@ -280,8 +280,7 @@ class Projector(Generic[S]):
         event_type = header.event.type
         if quiet:
             return header.command
-        known = {cfg.tag for cfg in (t.__struct_config__ for t in self.projection.event_types)}
-        if event_type in known:
+        if event_type in self._event_tags:
             self._log.warning("malformed_event_skipped", seq=seq, event_type=event_type)
         elif event_type not in self._unknown_types:
             self._unknown_types.add(event_type)  # log each unknown type once, not once per event

@@ -337,6 +337,12 @@ def decide_delete_repo(state: FsState, command: DeleteRepo) -> list[Event]:
 # --- branches --------------------------------------------------------------------------------------
 
 
+def _check_unused(repo: Repo, commit_id: str) -> None:
+    """A new commit's id (its command's) must be new to the repo: a command id reused much later."""
+    if commit_id in repo.commits:
+        raise AlreadyExists(f'commit {commit_id} already exists in repo "{repo.name}"')
+
+
 def _downstream(state: FsState, repo: str, branch: str) -> list[tuple[str, str]]:
     """Branches that follow `repo@branch`, directly or not, in the order a head move reaches them."""
     found: list[tuple[str, str]] = []
@@ -417,8 +423,7 @@ def decide_create_branch(state: FsState, command: CreateBranch, set_id: str, now
         return writes
     if existing is not None:
         return writes  # already there: nothing to do
-    if set_id in repo.commits:
-        raise AlreadyExists(f'commit {set_id} already exists in repo "{repo.name}"')
+    _check_unused(repo, set_id)
     writes[repo.name].append(
         CommitStarted(repo=repo.name, commit=set_id, branch=command.branch, origin=AUTO, started=now)
     )
@@ -463,8 +468,7 @@ def _new_commit_on(
     repo: Repo, branch_name: str, *, set_id: str, now: datetime, description: str, writes: Writes
 ) -> Branch | None:
     """Start a USER commit `set_id` on a branch (created if missing) and move the head to it."""
-    if set_id in repo.commits:
-        raise AlreadyExists(f'commit {set_id} already exists in repo "{repo.name}"')
+    _check_unused(repo, set_id)
     branch = _writable_branch(repo, branch_name)
     parent = branch.head if branch else None
     writes[repo.name].append(
