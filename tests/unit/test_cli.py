@@ -53,7 +53,19 @@ def test_talking_to_nothing_says_how_to_start_it(tmp_path: object, monkeypatch: 
     assert f"Headwater is not running (HW_HOME={tmp_path}); start it with `hwctl up`" in result.stderr
 
 
-HEAVY = ("asyncio", "nats", "msgspec", "structlog", "opentelemetry", "typing", "dataclasses", "subprocess")
+HEAVY = (
+    "asyncio",
+    "nats",
+    "msgspec",
+    "structlog",
+    "opentelemetry",
+    "typing",
+    "dataclasses",
+    "subprocess",
+    "blake3",
+    "minio",
+    "fastcdc",
+)
 
 
 def test_quick_commands_import_nothing_heavy() -> None:

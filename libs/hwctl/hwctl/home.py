@@ -12,9 +12,11 @@ from __future__ import annotations
 import json
 import os
 
+from hw_storage import config
+
 
 def home_dir() -> str:
-    return os.path.abspath(os.path.expanduser(os.environ.get("HW_HOME") or "~/.headwater"))
+    return config.home_dir(os.environ)
 
 
 class Runtime:

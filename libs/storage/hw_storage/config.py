@@ -17,10 +17,14 @@ import os
 from collections.abc import Mapping
 
 from hw_events.errors import UserError
-from hw_storage.blobs import BlobStore
+
+TYPE_CHECKING = False  # `hwctl` takes home_dir from here on its fast path: no blake3, no minio
+if TYPE_CHECKING:
+    from hw_storage.blobs import BlobStore
 
 
 def home_dir(env: Mapping[str, str]) -> str:
+    """`$HW_HOME`, or `~/.headwater`: where a local Headwater keeps everything."""
     return os.path.abspath(os.path.expanduser(env.get("HW_HOME") or "~/.headwater"))
 
 
