@@ -10,7 +10,7 @@ import asyncio
 import tempfile
 from pathlib import Path
 
-from bench import cli, files, log
+from bench import cli, files, log, triggers
 from bench.report import print_table, progress, write_json
 from tests.infra import nats_server, s3_server
 
@@ -30,6 +30,7 @@ def main() -> None:
         results.append(asyncio.run(log.replay(server.url, n=200_000 // scale, runs=3)))
         results.append(asyncio.run(log.appends(server.url, n=50_000 // scale, runs=3)))
     results.extend(cli.startup(runs=40 // scale if args.quick else 40))
+    results.extend(triggers.latency(commits=100 // scale))
     with tempfile.TemporaryDirectory(prefix="hw-bench-s3-") as workdir, s3_server(Path(workdir)) as s3:
         results.extend(files.run_all(s3, quick=args.quick))
     print()

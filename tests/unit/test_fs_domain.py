@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from hw_events.errors import AlreadyExists, NotFound, UserError
 from hw_events.fs import (
     AUTO,
+    BY_HAND,
+    BY_TRIGGER,
+    BY_UPSTREAM,
     USER,
     BranchCreated,
     BranchHeadMoved,
+    BranchTriggerSet,
     CommitFinished,
     CommitStarted,
     CreateBranch,
@@ -22,23 +25,17 @@ from hw_events.fs import (
     DeleteRepo,
     FilesChanged,
     FinishCommit,
+    FireTriggers,
     RepoCreated,
     RepoDeleted,
     StartCommit,
+    Trigger,
+    TriggerMove,
 )
 from hw_events.messages import Event
 from hw_fs import domain
 from hw_fs.domain import StalePlan, Summary, WriteTarget
-
-T0 = datetime(2026, 11, 21, 5, 0, tzinfo=UTC)
-
-
-def at(minutes: int) -> datetime:
-    return T0 + timedelta(minutes=minutes)
-
-
-def cid(n: int) -> str:
-    return f"{n:032x}"
+from tests.unit.fs_events import T0, at, cid, one_off
 
 
 def given(*events: Event | Iterable[Event]) -> domain.FsState:
@@ -54,28 +51,6 @@ def apply(state: domain.FsState, writes: domain.Writes) -> domain.FsState:
         for event in events:
             domain.evolve(state, event)  # type: ignore[arg-type]
     return state
-
-
-def one_off(
-    repo: str, branch: str, n: int, parent: int | None, *, size: int = 10, move: bool = True
-) -> list[Event]:
-    """The events of a `put file` without an open commit: a finished USER commit at the branch head."""
-    events: list[Event] = [
-        CommitStarted(
-            repo=repo, commit=cid(n), branch=branch, parent=cid(parent) if parent else None, started=at(n)
-        ),
-        FilesChanged(repo=repo, commit=cid(n), layer=f"layers/{n}", files=1, size_bytes=size),
-        CommitFinished(
-            repo=repo, commit=cid(n), finished=at(n), size_bytes=size, files=1, layers=[f"layers/{n}"]
-        ),
-    ]
-    if move:
-        events.append(
-            BranchHeadMoved(repo=repo, branch=branch, head=cid(n), previous=cid(parent) if parent else None)
-            if parent
-            else BranchCreated(repo=repo, branch=branch, head=cid(n), created=at(n))
-        )
-    return events
 
 
 DATA = RepoCreated(repo="data", created=T0)
@@ -187,7 +162,9 @@ def test_head_points_at_an_existing_commit_without_a_new_one() -> None:
     moved = domain.decide_create_branch(
         state, CreateBranch(repo="data", branch="master", head="staging"), cid(9), T0
     )
-    assert moved["data"] == [BranchHeadMoved(repo="data", branch="master", head=cid(3), previous=cid(2))]
+    assert moved["data"] == [
+        BranchHeadMoved(repo="data", branch="master", head=cid(3), previous=cid(2), reason=BY_HAND, moved=T0)
+    ]
     assert len(state.repos["data"].commits) == 3
 
 
@@ -240,6 +217,134 @@ def test_bad_provenance_is_refused(provenance: list[str], message: str) -> None:
         )
 
 
+# --- triggers -------------------------------------------------------------------------------------
+
+DAILY_1MB = Trigger(branch="staging", size="1MB", cron="@daily")
+
+
+def create(state: domain.FsState, branch: str, n: int, **fields: object) -> None:
+    """`create branch data@<branch>` with `fields`, applied."""
+    command = CreateBranch(repo="data", branch=branch, **fields)  # type: ignore[arg-type]
+    apply(state, domain.decide_create_branch(state, command, cid(n), at(n)))
+
+
+def test_a_new_branch_takes_its_trigger_and_shows_it() -> None:
+    state = given(DATA)
+    writes = domain.decide_create_branch(
+        state, CreateBranch(repo="data", branch="master", trigger=DAILY_1MB), cid(5), T0
+    )
+    assert writes["data"][-1] == BranchCreated(
+        repo="data", branch="master", head=cid(5), created=T0, trigger=DAILY_1MB
+    )
+    apply(state, writes)
+    [info] = domain.list_branches(state, "data")
+    assert info.trigger == DAILY_1MB
+
+
+def test_an_existing_branch_gets_a_trigger_and_keeps_it_through_hand_moves() -> None:
+    state = given(THREE_ON_STAGING, one_off("data", "master", 4, None))
+    writes = domain.decide_create_branch(
+        state, CreateBranch(repo="data", branch="master", trigger=DAILY_1MB), cid(5), at(5)
+    )
+    assert writes["data"] == [
+        BranchTriggerSet(repo="data", branch="master", trigger=DAILY_1MB, set_at=at(5))
+    ]  # and the head stays where it is
+    apply(state, writes)
+    again = domain.decide_create_branch(
+        state, CreateBranch(repo="data", branch="master", trigger=DAILY_1MB), cid(6), at(6)
+    )
+    assert dict(again) == {}
+    apply(
+        state,
+        domain.decide_create_branch(
+            state, CreateBranch(repo="data", branch="master", head="staging"), cid(7), at(7)
+        ),
+    )
+    master = state.repos["data"].branches["master"]
+    assert (master.head, master.trigger) == (cid(3), DAILY_1MB)
+
+
+@pytest.mark.parametrize(
+    ("trigger", "message"),
+    [
+        (Trigger(branch="master", commits=1), 'branch "master" cannot trigger on itself'),
+        (Trigger(branch="b", commits=1), "triggers cannot form a loop: master -> b -> a -> master"),
+        (Trigger(branch="staging", size="1 elephant"), 'invalid trigger size "1 elephant"'),
+        (Trigger(branch="staging", commits=-1), "cannot trigger on a negative number of commits (-1)"),
+        (Trigger(branch="staging", cron="every day"), 'invalid trigger cron spec "every day"'),
+        (Trigger(branch="staging"), "has no condition"),
+        (Trigger(branch="", commits=1), "a trigger must name the branch it follows"),
+        (Trigger(branch="no/such", commits=1), 'invalid branch name "no/such"'),
+    ],
+)
+def test_bad_triggers_are_refused_and_change_nothing(trigger: Trigger, message: str) -> None:
+    state = given(DATA)
+    create(state, "a", 1, trigger=Trigger(branch="master", commits=1))
+    create(state, "b", 2, trigger=Trigger(branch="a", commits=1))
+    with pytest.raises(UserError, match=re.escape(message)):
+        domain.decide_create_branch(
+            state, CreateBranch(repo="data", branch="master", trigger=trigger), cid(9), T0
+        )
+
+
+def test_a_branch_cannot_have_both_provenance_and_a_trigger() -> None:
+    state = pipeline_chain()
+    trigger = Trigger(branch="dev", commits=1)
+    with pytest.raises(UserError, match="a branch cannot have both provenance and a trigger"):
+        domain.decide_create_branch(
+            state, CreateBranch(repo="a", branch="master", trigger=trigger), cid(9), T0
+        )
+    with pytest.raises(UserError, match="a branch cannot have both provenance and a trigger"):
+        domain.decide_create_branch(
+            state,
+            CreateBranch(repo="a", branch="new", provenance=["data@master"], trigger=trigger),
+            cid(9),
+            T0,
+        )
+
+
+def test_a_fire_moves_the_branches_in_order_and_downstream_follows() -> None:
+    state = given(DATA, RepoCreated(repo="out", created=T0), one_off("data", "a", 1, None))
+    create(state, "b", 2, trigger=Trigger(branch="a", commits=1))
+    create(state, "c", 3, trigger=Trigger(branch="b", commits=1))
+    apply(
+        state,
+        domain.decide_create_branch(
+            state, CreateBranch(repo="out", branch="master", provenance=["data@c"]), cid(4), at(4)
+        ),
+    )
+    command = FireTriggers(
+        repo="data",
+        moves=[
+            TriggerMove(branch="b", head=cid(1), expected=cid(2)),
+            TriggerMove(branch="c", head=cid(1), expected=cid(3)),
+        ],
+    )
+    writes = domain.decide_fire_triggers(state, command, cid(20), at(20))
+    assert writes["data"] == [
+        BranchHeadMoved(
+            repo="data", branch="b", head=cid(1), previous=cid(2), reason=BY_TRIGGER, moved=at(20)
+        ),
+        BranchHeadMoved(
+            repo="data", branch="c", head=cid(1), previous=cid(3), reason=BY_TRIGGER, moved=at(20)
+        ),
+    ]
+    assert [type(e) for e in writes["out"]] == [CommitStarted, BranchHeadMoved]
+    assert writes["out"][0].commit == cid(20)  # type: ignore[attr-defined]
+
+
+def test_a_fire_decided_on_old_news_is_refused_whole() -> None:
+    state = given(DATA, one_off("data", "a", 1, None), one_off("data", "a", 5, 1))
+    create(state, "b", 2, trigger=Trigger(branch="a", commits=1))
+    create(state, "c", 3, head="a")  # no trigger
+    stale = FireTriggers(repo="data", moves=[TriggerMove(branch="b", head=cid(5), expected=cid(1))])
+    with pytest.raises(domain.TriggerOutdated, match=f"moved to {cid(2)} before its trigger"):
+        domain.decide_fire_triggers(state, stale, cid(20), T0)
+    untriggered = FireTriggers(repo="data", moves=[TriggerMove(branch="c", head=cid(5), expected=cid(5))])
+    with pytest.raises(domain.TriggerOutdated, match='"c" of repo "data" no longer has a trigger'):
+        domain.decide_fire_triggers(state, untriggered, cid(20), T0)
+
+
 # --- commits and provenance -----------------------------------------------------------------------
 
 
@@ -275,7 +380,9 @@ def test_a_head_move_opens_one_commit_set_downstream() -> None:
     )
     assert writes["a"] == [
         CommitStarted(repo="a", commit=set_id, branch="master", parent=cid(10), origin=AUTO, started=at(20)),
-        BranchHeadMoved(repo="a", branch="master", head=set_id, previous=cid(10)),
+        BranchHeadMoved(
+            repo="a", branch="master", head=set_id, previous=cid(10), reason=BY_UPSTREAM, moved=at(20)
+        ),
     ]
     assert [type(e) for e in writes["b"]] == [CommitStarted, BranchHeadMoved]
     assert all(e.commit == set_id for e in writes["b"] if isinstance(e, CommitStarted))
@@ -287,7 +394,9 @@ def test_moving_a_head_by_hand_also_opens_commits_downstream_with_a_new_id() -> 
     writes = domain.decide_create_branch(
         state, CreateBranch(repo="data", branch="master", head="staging"), cid(31), T0
     )
-    assert writes["data"] == [BranchHeadMoved(repo="data", branch="master", head=cid(30), previous=cid(1))]
+    assert writes["data"] == [
+        BranchHeadMoved(repo="data", branch="master", head=cid(30), previous=cid(1), reason=BY_HAND, moved=T0)
+    ]
     assert {e.commit for e in writes["a"] + writes["b"] if isinstance(e, CommitStarted)} == {cid(31)}
 
 

@@ -55,3 +55,27 @@ def test_tables_align_columns_and_dash_missing_values(capsys: pytest.CaptureFixt
 def test_json_output_is_one_object_per_line(capsys: pytest.CaptureFixture[str]) -> None:
     output.json_lines([{"name": "a"}, {"name": "b"}])
     assert capsys.readouterr().out == '{"name":"a"}\n{"name":"b"}\n'
+
+
+@pytest.mark.parametrize(
+    ("trigger", "text"),
+    [
+        (None, "-"),
+        ({"branch": "staging", "size": "1MB"}, "staging on Size(1MB)"),
+        ({"branch": "staging", "commits": 3}, "staging on Commits(3)"),
+        ({"branch": "staging", "cron": "@daily"}, "staging on Cron(@daily)"),
+        (
+            {"branch": "staging", "size": "1MB", "commits": 3, "cron": "@daily", "all": False},
+            "staging on Size(1MB) or Commits(3) or Cron(@daily)",
+        ),
+        (
+            {"branch": "staging", "size": "1MB", "commits": 3, "all": True},
+            "staging on Size(1MB) and Commits(3)",
+        ),
+        ({"branch": "staging", "all": True}, "staging on every commit"),
+    ],
+)
+def test_the_trigger_column_reads_like_pachctl(trigger: dict[str, object] | None, text: str) -> None:
+    from hwctl.commands.branch import trigger_text
+
+    assert trigger_text(trigger) == text

@@ -25,6 +25,13 @@ SERVICE = "fs"
 USER = "USER"
 AUTO = "AUTO"
 
+# Why a branch's head moved (`BranchHeadMoved.reason`, `BranchCreated.reason`): the triggers service
+# evaluates a branch's followers when a commit finished on it or a trigger moved it, not on hand moves.
+BY_COMMIT = "commit"  # a new commit on the branch
+BY_HAND = "hand"  # `create branch --head`
+BY_TRIGGER = "trigger"  # the branch's trigger fired
+BY_UPSTREAM = "upstream"  # a branch it follows (provenance) moved
+
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -37,6 +44,17 @@ def commit_id_for(command_id: str) -> str:
     if is_commit_id(command_id):
         return command_id
     return hashlib.blake2b(command_id.encode(), digest_size=16).hexdigest()
+
+
+class Trigger(msgspec.Struct, frozen=True, kw_only=True):
+    """Move this branch to `branch`'s head (same repo) when its conditions hold: any of them, or all
+    with `all`. `size` is kept as written (`1MB`); `trigger_conditions` says what it means."""
+
+    branch: str
+    size: str = ""
+    commits: int = 0
+    cron: str = ""
+    all: bool = False
 
 
 # --- events ----------------------------------------------------------------------------------------
@@ -90,6 +108,8 @@ class BranchCreated(Event, frozen=True, kw_only=True, tag="branch_created"):
     head: str
     provenance: list[str] = msgspec.field(default_factory=list)  # "repo@branch" it follows
     created: datetime
+    trigger: Trigger | None = None
+    reason: str = ""  # BY_COMMIT when a write made the branch; empty when created as such
 
 
 class BranchHeadMoved(Event, frozen=True, kw_only=True, tag="branch_head_moved"):
@@ -97,6 +117,17 @@ class BranchHeadMoved(Event, frozen=True, kw_only=True, tag="branch_head_moved")
     branch: str
     head: str
     previous: str | None = None
+    reason: str = ""  # BY_COMMIT, BY_HAND, BY_TRIGGER or BY_UPSTREAM (empty in early logs)
+    moved: datetime | None = None  # (absent in early logs)
+
+
+class BranchTriggerSet(Event, frozen=True, kw_only=True, tag="branch_trigger_set"):
+    """An existing branch got a trigger (or a new one in place of its old one)."""
+
+    repo: str
+    branch: str
+    trigger: Trigger
+    set_at: datetime
 
 
 class BranchDeleted(Event, frozen=True, kw_only=True, tag="branch_deleted"):
@@ -113,6 +144,7 @@ FsEvent = (
     | BranchCreated
     | BranchHeadMoved
     | BranchDeleted
+    | BranchTriggerSet
 )
 EVENTS: tuple[type[Event], ...] = (
     RepoCreated,
@@ -123,6 +155,7 @@ EVENTS: tuple[type[Event], ...] = (
     BranchCreated,
     BranchHeadMoved,
     BranchDeleted,
+    BranchTriggerSet,
 )
 
 # --- commands --------------------------------------------------------------------------------------
@@ -145,6 +178,21 @@ class CreateBranch(Command, frozen=True, kw_only=True, tag="create_branch"):
     branch: str
     head: str = ""  # a ref in the same repo; empty: a new empty commit (or the current head)
     provenance: list[str] = msgspec.field(default_factory=list)
+    trigger: Trigger | None = None  # set (or replaced) on the branch; None keeps what it has
+
+
+class TriggerMove(msgspec.Struct, frozen=True, kw_only=True):
+    branch: str
+    head: str  # the commit the branch moves to
+    expected: str  # the head it must still have: otherwise the move was decided on old news
+
+
+class FireTriggers(Command, frozen=True, kw_only=True, tag="fire_triggers"):
+    """Move triggered branches of one repo together, in order (a chain fires in one pass). Sent by
+    the triggers service; refused as a whole if any branch moved or lost its trigger meanwhile."""
+
+    repo: str
+    moves: list[TriggerMove]
 
 
 class DeleteBranch(Command, frozen=True, kw_only=True, tag="delete_branch"):
@@ -268,6 +316,7 @@ COMMANDS: tuple[type[Command], ...] = (
     DeleteRepo,
     CreateBranch,
     DeleteBranch,
+    FireTriggers,
     StartCommit,
     FinishCommit,
     ModifyFiles,
@@ -303,7 +352,7 @@ class BranchInfo(msgspec.Struct, frozen=True, kw_only=True):
     repo: str
     name: str
     head: str
-    trigger: dict[str, object] | None = None
+    trigger: Trigger | None = None
     provenance: list[str] = msgspec.field(default_factory=list)
     created: datetime | None = None
 

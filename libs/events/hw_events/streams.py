@@ -61,14 +61,11 @@ class StreamSpec:
 
 FS = StreamSpec(subjects.FS_STREAM, (subjects.FS_EVENTS,), description="Headwater file store events")
 PPS = StreamSpec(subjects.PPS_STREAM, (subjects.PPS_EVENTS,), description="Headwater pipeline and job events")
-TRIGGERS = StreamSpec(
-    subjects.TRIGGERS_STREAM, (subjects.TRIGGERS_EVENTS,), description="Branch trigger events"
-)
 BUILD = StreamSpec(subjects.BUILD_STREAM, (subjects.BUILD_EVENTS,), description="Image build events")
 TASKS = StreamSpec(subjects.TASKS_STREAM, (subjects.TASKS,), StreamKind.WORK, "Work to be done once")
 DLQ = StreamSpec(subjects.DLQ_STREAM, (subjects.DLQ,), StreamKind.DEAD_LETTERS, "Work that could not be done")
 
-ALL: tuple[StreamSpec, ...] = (FS, PPS, TRIGGERS, BUILD, TASKS, DLQ)
+ALL: tuple[StreamSpec, ...] = (FS, PPS, BUILD, TASKS, DLQ)
 
 
 async def ensure_stream(js: Any, spec: StreamSpec) -> None:

@@ -25,8 +25,9 @@ PPS_STREAM = "HW_PPS"
 PPS_EVENTS = "hw.pps.evt.>"
 PIPELINE_EVENTS = "hw.pps.evt.pipeline.>"
 
-TRIGGERS_STREAM = "HW_TRIGGERS"
-TRIGGERS_EVENTS = "hw.trg.evt.>"
+# Branch triggers have no stream of their own: a trigger is part of its branch (HW_FS), and a
+# firing is a head move there, so the move and the check that the branch did not move meanwhile
+# are one conditional append.
 
 BUILD_STREAM = "HW_BUILD"
 BUILD_EVENTS = "hw.build.evt.>"

@@ -27,7 +27,11 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str]] = {
     ("list", "repo"): ("repo", "list_", "List repos, newest first"),
     ("inspect", "repo"): ("repo", "inspect", "Show one repo"),
     ("delete", "repo"): ("repo", "delete", "Delete a repo"),
-    ("create", "branch"): ("branch", "create", "Create a branch, or point it at a commit (--head)"),
+    ("create", "branch"): (
+        "branch",
+        "create",
+        "Create a branch, point it at a commit (--head), or give it a trigger",
+    ),
     ("list", "branch"): ("branch", "list_", "List a repo's branches, newest first"),
     ("inspect", "branch"): ("branch", "inspect", "Show one branch"),
     ("delete", "branch"): ("branch", "delete", "Delete a branch (its commits stay)"),

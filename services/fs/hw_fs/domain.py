@@ -12,20 +12,26 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from collections.abc import Sequence
 from datetime import datetime
 from typing import NamedTuple
 
 import msgspec
 
-from hw_events.errors import AlreadyExists, NotFound, TransientError, UserError
+from hw_events.errors import AlreadyExists, ConcurrencyConflict, NotFound, TransientError, UserError
 from hw_events.fs import (
     AUTO,
+    BY_COMMIT,
+    BY_HAND,
+    BY_TRIGGER,
+    BY_UPSTREAM,
     EVENTS,
     USER,
     BranchCreated,
     BranchDeleted,
     BranchHeadMoved,
     BranchInfo,
+    BranchTriggerSet,
     CommitFinished,
     CommitInfo,
     CommitStarted,
@@ -35,15 +41,18 @@ from hw_events.fs import (
     DeleteRepo,
     FilesChanged,
     FinishCommit,
+    FireTriggers,
     FsEvent,
     RepoCreated,
     RepoDeleted,
     RepoInfo,
     StartCommit,
+    Trigger,
     is_commit_id,
 )
 from hw_events.messages import Event
 from hw_events.projection import Projection
+from hw_events.trigger_conditions import Cron, parse_size
 
 _NAME = re.compile(r"^[a-zA-Z0-9_-]+$")
 _REF = re.compile(r"^(?P<base>[A-Za-z0-9_-]+)(?:(?P<up>(?:[\^~]\d*)+)|\.(?P<nth>\d+))?$")
@@ -70,6 +79,7 @@ class Branch(msgspec.Struct, frozen=True, kw_only=True):
     head: str
     provenance: tuple[str, ...] = ()  # "repo@branch"
     created: datetime
+    trigger: Trigger | None = None
 
 
 class Repo(msgspec.Struct, kw_only=True):
@@ -153,13 +163,20 @@ def evolve(state: FsState, event: FsEvent) -> FsState:
             )
         case BranchCreated():
             state.repos[event.repo].branches[event.branch] = Branch(
-                name=event.branch, head=event.head, provenance=tuple(event.provenance), created=event.created
+                name=event.branch,
+                head=event.head,
+                provenance=tuple(event.provenance),
+                created=event.created,
+                trigger=event.trigger,
             )
         case BranchHeadMoved():
             branches = state.repos[event.repo].branches
             branches[event.branch] = msgspec.structs.replace(branches[event.branch], head=event.head)
         case BranchDeleted():
             state.repos[event.repo].branches.pop(event.branch, None)
+        case BranchTriggerSet():
+            branches = state.repos[event.repo].branches
+            branches[event.branch] = msgspec.structs.replace(branches[event.branch], trigger=event.trigger)
         case _:
             raise TypeError(f"fs cannot apply {type(event).__name__}")
     return state
@@ -167,7 +184,7 @@ def evolve(state: FsState, event: FsEvent) -> FsState:
 
 PROJECTION = Projection(
     name="fs",
-    schema="fs-2",
+    schema="fs-3",
     state_type=FsState,
     initial=FsState,
     evolve=evolve,
@@ -265,6 +282,7 @@ def branch_info(repo: Repo, branch: Branch) -> BranchInfo:
         repo=repo.name,
         name=branch.name,
         head=branch.head,
+        trigger=branch.trigger,
         provenance=list(branch.provenance),
         created=branch.created,
     )
@@ -374,7 +392,14 @@ def propagate(state: FsState, repo: str, branch: str, *, set_id: str, now: datet
                 origin=AUTO,
                 started=now,
             ),
-            BranchHeadMoved(repo=down_repo, branch=down_branch, head=set_id, previous=current.head),
+            BranchHeadMoved(
+                repo=down_repo,
+                branch=down_branch,
+                head=set_id,
+                previous=current.head,
+                reason=BY_UPSTREAM,
+                moved=now,
+            ),
         ]
 
 
@@ -399,7 +424,38 @@ def _check_provenance(state: FsState, repo: str, sources: list[str]) -> list[str
     return sorted(set(sources))
 
 
+def check_trigger(repo: Repo, branch: str, trigger: Trigger, provenance: Sequence[str]) -> None:
+    """A UserError naming what is wrong with `trigger` for `repo@branch`, if anything is."""
+    if not trigger.branch:
+        raise UserError("a trigger must name the branch it follows (--trigger BRANCH)")
+    check_name("branch", trigger.branch)
+    if trigger.branch == branch:
+        raise UserError(f'branch "{branch}" cannot trigger on itself')
+    path = [branch, trigger.branch]
+    while (source := repo.branches.get(path[-1])) is not None and source.trigger is not None:
+        path.append(source.trigger.branch)
+        if path[-1] == branch or path[-1] in path[1:-1]:
+            raise UserError(f"triggers cannot form a loop: {' -> '.join(path)}")
+    if provenance:
+        raise UserError(
+            f'branch "{branch}" follows {", ".join(provenance)}: '
+            "a branch cannot have both provenance and a trigger"
+        )
+    if trigger.size:
+        parse_size(trigger.size)
+    if trigger.commits < 0:
+        raise UserError(f"cannot trigger on a negative number of commits ({trigger.commits})")
+    if trigger.cron:
+        Cron(trigger.cron)
+    if not (trigger.size or trigger.commits or trigger.cron or trigger.all):
+        raise UserError(
+            f'the trigger on "{trigger.branch}" has no condition: give --trigger-size, '
+            "--trigger-commits or --trigger-cron (or --trigger-all to follow every commit)"
+        )
+
+
 def decide_create_branch(state: FsState, command: CreateBranch, set_id: str, now: datetime) -> Writes:
+    """Create a branch, or move an existing one's head by hand and/or give it a trigger."""
     repo = repo_of(state, command.repo)
     check_name("branch", command.branch)
     writes: Writes = defaultdict(list)
@@ -407,33 +463,86 @@ def decide_create_branch(state: FsState, command: CreateBranch, set_id: str, now
     existing = repo.branches.get(command.branch)
     if existing is not None and provenance and tuple(provenance) != existing.provenance:
         raise UserError(f'branch "{command.branch}" exists; changing its provenance is not supported yet')
-    if command.head:
-        head = resolve(state, command.repo, command.head)
-        if existing is None:
+    trigger = command.trigger
+    if trigger is not None:
+        check_trigger(repo, command.branch, trigger, existing.provenance if existing else provenance)
+    head = resolve(state, command.repo, command.head) if command.head else None
+    if existing is not None:
+        if trigger is not None and trigger != existing.trigger:
             writes[repo.name].append(
-                BranchCreated(
-                    repo=repo.name, branch=command.branch, head=head.id, provenance=provenance, created=now
-                )
+                BranchTriggerSet(repo=repo.name, branch=command.branch, trigger=trigger, set_at=now)
             )
-        elif existing.head != head.id:
+        if head is not None and existing.head != head.id:
             writes[repo.name].append(
-                BranchHeadMoved(repo=repo.name, branch=command.branch, head=head.id, previous=existing.head)
+                BranchHeadMoved(
+                    repo=repo.name,
+                    branch=command.branch,
+                    head=head.id,
+                    previous=existing.head,
+                    reason=BY_HAND,
+                    moved=now,
+                )
             )
             propagate(state, repo.name, command.branch, set_id=set_id, now=now, writes=writes)
         return writes
-    if existing is not None:
-        return writes  # already there: nothing to do
-    _check_unused(repo, set_id)
-    writes[repo.name].append(
-        CommitStarted(repo=repo.name, commit=set_id, branch=command.branch, origin=AUTO, started=now)
-    )
-    if not provenance:  # a branch that follows others keeps its first commit open for its pipeline
+    if head is None:
+        _check_unused(repo, set_id)
         writes[repo.name].append(
-            CommitFinished(repo=repo.name, commit=set_id, finished=now, size_bytes=0, files=0, layers=[])
+            CommitStarted(repo=repo.name, commit=set_id, branch=command.branch, origin=AUTO, started=now)
         )
+        if not provenance:  # a branch that follows others keeps its first commit open for its pipeline
+            writes[repo.name].append(
+                CommitFinished(repo=repo.name, commit=set_id, finished=now, size_bytes=0, files=0, layers=[])
+            )
     writes[repo.name].append(
-        BranchCreated(repo=repo.name, branch=command.branch, head=set_id, provenance=provenance, created=now)
+        BranchCreated(
+            repo=repo.name,
+            branch=command.branch,
+            head=head.id if head else set_id,
+            provenance=provenance,
+            created=now,
+            trigger=trigger,
+        )
     )
+    return writes
+
+
+class TriggerOutdated(ConcurrencyConflict):
+    """A trigger fired on news the file store has moved past: its service decides again."""
+
+
+def decide_fire_triggers(state: FsState, command: FireTriggers, set_id: str, now: datetime) -> Writes:
+    """Move triggered branches, in order, each from the head it was decided on; downstream follows."""
+    repo = repo_of(state, command.repo)
+    writes: Writes = defaultdict(list)
+    heads: dict[str, str] = {}  # heads as the earlier moves of this command leave them
+    for move in command.moves:
+        branch = repo.branches.get(move.branch)
+        if branch is None or branch.trigger is None:
+            raise TriggerOutdated(f'branch "{move.branch}" of repo "{repo.name}" no longer has a trigger')
+        current = heads.get(move.branch, branch.head)
+        if current != move.expected:
+            raise TriggerOutdated(
+                f'branch "{move.branch}" of repo "{repo.name}" moved to {current} '
+                f"before its trigger could move it from {move.expected}"
+            )
+        target = repo.commits.get(move.head)
+        if target is None or target.finished is None:
+            raise UserError(
+                f'a trigger can only move "{move.branch}" to a finished commit of repo "{repo.name}"'
+            )
+        writes[repo.name].append(
+            BranchHeadMoved(
+                repo=repo.name,
+                branch=move.branch,
+                head=move.head,
+                previous=current,
+                reason=BY_TRIGGER,
+                moved=now,
+            )
+        )
+        heads[move.branch] = move.head
+        propagate(state, repo.name, move.branch, set_id=set_id, now=now, writes=writes)
     return writes
 
 
@@ -496,10 +605,19 @@ def _move_head(
     writes: Writes,
 ) -> None:
     if branch is None:
-        writes[repo.name].append(BranchCreated(repo=repo.name, branch=branch_name, head=set_id, created=now))
+        writes[repo.name].append(
+            BranchCreated(repo=repo.name, branch=branch_name, head=set_id, created=now, reason=BY_COMMIT)
+        )
     else:
         writes[repo.name].append(
-            BranchHeadMoved(repo=repo.name, branch=branch_name, head=set_id, previous=branch.head)
+            BranchHeadMoved(
+                repo=repo.name,
+                branch=branch_name,
+                head=set_id,
+                previous=branch.head,
+                reason=BY_COMMIT,
+                moved=now,
+            )
         )
     propagate(state, repo.name, branch_name, set_id=set_id, now=now, writes=writes)
 

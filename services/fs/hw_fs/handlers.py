@@ -29,6 +29,7 @@ from hw_events.fs import (
     FileDiff,
     FileInfo,
     FinishCommit,
+    FireTriggers,
     GetFile,
     GlobFiles,
     InspectBranch,
@@ -123,6 +124,18 @@ class FsHandlers:
         await self.rt.execute_across(
             self.fs, command.id, lambda s: _subjects(domain.decide_delete_branch(s, command))
         )
+
+    async def fire_triggers(self, command: FireTriggers) -> list[BranchInfo]:
+        set_id, now = commit_id_for(command.id), utcnow()
+        await self.rt.execute_across(
+            self.fs, command.id, lambda s: _subjects(domain.decide_fire_triggers(s, command, set_id, now))
+        )
+        repo = domain.repo_of(self.fs.state, command.repo)
+        return [
+            domain.branch_info(repo, repo.branches[m.branch])
+            for m in command.moves
+            if m.branch in repo.branches
+        ]
 
     async def inspect_branch(self, query: InspectBranch) -> BranchInfo:
         repo = domain.repo_of(self.fs.state, query.repo)
@@ -361,6 +374,7 @@ class FsHandlers:
             ListRepos: self.list_repos,
             CreateBranch: self.create_branch,
             DeleteBranch: self.delete_branch,
+            FireTriggers: self.fire_triggers,
             InspectBranch: self.inspect_branch,
             ListBranches: self.list_branches,
             StartCommit: self.start_commit,

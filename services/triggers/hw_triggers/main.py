@@ -7,10 +7,7 @@ from hw_triggers import domain, handlers
 
 SPEC = service.ServiceSpec(
     name="triggers",
-    replays=[
-        service.Replay(streams.FS, domain.FS_VIEW),
-        service.Replay(streams.TRIGGERS, domain.OWN),
-    ],
+    replays=[service.Replay(streams.FS, domain.PROJECTION)],
     setup=handlers.setup,
 )
 

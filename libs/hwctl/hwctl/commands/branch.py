@@ -21,6 +21,8 @@ def trigger_text(trigger: dict[str, Any] | None) -> str:
         parts.append(f"Commits({trigger['commits']})")
     if trigger.get("cron"):
         parts.append(f"Cron({trigger['cron']})")
+    if not parts and trigger.get("all"):
+        parts.append("every commit")  # no condition, all of them: it follows each commit
     joined = (" and " if trigger.get("all") else " or ").join(parts)
     return f"{trigger.get('branch', '')} on {joined}" if joined else str(trigger.get("branch", ""))
 
@@ -49,6 +51,24 @@ def create_args(p: argparse.ArgumentParser) -> None:
         metavar="REPO@BRANCH",
         help="a branch this one follows",
     )
+    trigger = p.add_argument_group(
+        "triggers",
+        "move this branch to another branch's head when a condition holds (any of them by default)",
+    )
+    trigger.add_argument("--trigger", default="", metavar="BRANCH", help="the branch (same repo) to follow")
+    trigger.add_argument(
+        "--trigger-size", default="", metavar="SIZE", help="when this much data is new, e.g. 1MB, 500KiB"
+    )
+    trigger.add_argument("--trigger-commits", type=int, default=0, metavar="N", help="when N commits are new")
+    trigger.add_argument(
+        "--trigger-cron",
+        default="",
+        metavar="SPEC",
+        help='when a cron tick has passed: 5 fields, "@daily", "@hourly" or "@every 10m"',
+    )
+    trigger.add_argument(
+        "--trigger-all", action="store_true", help="only when all the conditions hold, not any of them"
+    )
 
 
 def create(args: argparse.Namespace) -> int:
@@ -61,7 +81,27 @@ def create(args: argparse.Namespace) -> int:
 
             raise UserError("branch and head commit must belong to the same repo")
         head = head_ref.ref
-    fields = {"repo": target.repo, "branch": target.ref, "head": head, "provenance": args.provenance}
+    fields: dict[str, Any] = {
+        "repo": target.repo,
+        "branch": target.ref,
+        "head": head,
+        "provenance": args.provenance,
+    }
+    conditions = (args.trigger_size, args.trigger_commits, args.trigger_cron, args.trigger_all)
+    if args.trigger:
+        fields["trigger"] = {
+            "branch": args.trigger,
+            "size": args.trigger_size,
+            "commits": args.trigger_commits,
+            "cron": args.trigger_cron,
+            "all": args.trigger_all,
+        }
+    elif any(conditions):
+        from hw_events.errors import UserError
+
+        raise UserError(
+            "--trigger-size, --trigger-commits, --trigger-cron and --trigger-all need --trigger BRANCH"
+        )
     with Client.connect() as hw:
         hw.request("fs", "create_branch", fields, retry=True)
     return 0

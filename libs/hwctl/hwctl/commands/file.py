@@ -48,7 +48,12 @@ def _print_nodes(nodes: list[dict[str, Any]], fmt: str) -> None:
 def put_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("target", metavar="REPO@BRANCH:/PATH")
     p.add_argument(
-        "-f", "--file", dest="source", required=True, metavar="FILE|DIR|URL|-", help="what to put; - is stdin"
+        "-f",
+        "--file",
+        dest="source",
+        default="-",
+        metavar="FILE|DIR|URL|-",
+        help="what to put; - (the default) is stdin",
     )
     p.add_argument("-r", "--recursive", action="store_true", help="put a directory's files")
     p.add_argument(
