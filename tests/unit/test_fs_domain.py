@@ -340,6 +340,20 @@ def test_a_fire_decided_on_old_news_is_refused_whole() -> None:
     stale = FireTriggers(repo="data", moves=[TriggerMove(branch="b", head=cid(5), expected=cid(1))])
     with pytest.raises(domain.TriggerOutdated, match=f"moved to {cid(2)} before its trigger"):
         domain.decide_fire_triggers(state, stale, cid(20), T0)
+    source_moved_on = FireTriggers(repo="data", moves=[TriggerMove(branch="b", head=cid(1), expected=cid(2))])
+    with pytest.raises(domain.TriggerOutdated, match=f'its source "a" is no longer at {cid(1)}'):
+        domain.decide_fire_triggers(state, source_moved_on, cid(20), T0)
+    other_trigger = FireTriggers(
+        repo="data",
+        moves=[TriggerMove(branch="b", head=cid(5), expected=cid(2), trigger=Trigger(branch="a", commits=9))],
+    )
+    with pytest.raises(domain.TriggerOutdated, match="got another trigger since this one was judged"):
+        domain.decide_fire_triggers(state, other_trigger, cid(20), T0)
+    fresh = FireTriggers(
+        repo="data",
+        moves=[TriggerMove(branch="b", head=cid(5), expected=cid(2), trigger=Trigger(branch="a", commits=1))],
+    )
+    assert [e.head for e in domain.decide_fire_triggers(state, fresh, cid(20), T0)["data"]] == [cid(5)]  # type: ignore[attr-defined]
     untriggered = FireTriggers(repo="data", moves=[TriggerMove(branch="c", head=cid(5), expected=cid(5))])
     with pytest.raises(domain.TriggerOutdated, match='"c" of repo "data" no longer has a trigger'):
         domain.decide_fire_triggers(state, untriggered, cid(20), T0)

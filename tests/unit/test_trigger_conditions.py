@@ -32,6 +32,8 @@ AT = datetime(2026, 11, 21, 10, 30, 5, tzinfo=UTC)
         ("3GB", 3_000_000_000),
         (".5KB", 500),
         ("1TiB", 2**40),
+        ("2.01KB", 2010),  # exact, not 2009.9999...
+        ("4.06KB", 4060),
     ],
 )
 def test_sizes_mean_what_users_mean(text: str, size: int) -> None:
@@ -55,7 +57,8 @@ def test_a_plain_number_of_bytes_reads_back(n: int) -> None:
         ("@every 2s", AT + timedelta(seconds=2)),
         ("@every 10m", AT + timedelta(minutes=10)),
         ("@every 1h30m", AT + timedelta(hours=1, minutes=30)),
-        ("@every 500ms", AT + timedelta(milliseconds=500)),
+        ("@every 1500ms", AT + timedelta(milliseconds=1500)),
+        ("0 0 29 2 *", datetime(2028, 2, 29, tzinfo=UTC)),  # a leap day is rare, but comes
         ("@daily", datetime(2026, 11, 22, tzinfo=UTC)),
         ("@hourly", datetime(2026, 11, 21, 11, tzinfo=UTC)),
         ("*/5 * * * *", datetime(2026, 11, 21, 10, 35, tzinfo=UTC)),
@@ -83,7 +86,12 @@ def test_never_never_ticks() -> None:
         ("0 * * * * *", "it has 6 fields, not 5"),
         ("@every", "unknown descriptor"),
         ("@every 10 minutes", "is not a duration"),
-        ("@every 0s", "not a positive duration"),
+        ("@every 0s", "ticks must be at least 1s apart"),
+        ("@every 1ns", "ticks must be at least 1s apart"),
+        ("@every 999ms", "ticks must be at least 1s apart"),
+        ("0 0 31 2 *", "it never ticks"),  # February 31st
+        ("@every 70000000h", "it never ticks"),  # past the year 9999
+        ("@every 99999999999999h", "longer than any calendar"),
         ("tomorrow", "it has 1 fields, not 5"),
     ],
 )

@@ -242,3 +242,17 @@ def test_the_state_is_the_same_from_a_snapshot() -> None:
     restored = msgspec.msgpack.decode(msgspec.msgpack.encode(state), type=TriggersState)
     assert restored == state
     assert due(restored) == due(state)
+
+
+def test_a_spec_that_cannot_be_read_stops_no_other_trigger() -> None:
+    # fs refuses these now; a log may hold one accepted under older rules.
+    state = given(
+        DATA,
+        new_branch("odd", 1, Trigger(branch="staging", cron="@every 1ns", size="1 elephant")),
+        new_branch("master", 2, Trigger(branch="staging", commits=1, cron="@every 1m")),
+        staging_commits([1]),
+    )
+    ticked: dict[tuple[str, str], datetime] = {}
+    assert domain.due_on_ticks(state, ticked, at(100)) == {"data": ["master"]}
+    assert domain.next_tick(state, ticked) == at(3)
+    assert due(state) == [Move("master", cid(10), cid(2))]

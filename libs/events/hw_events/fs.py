@@ -182,9 +182,14 @@ class CreateBranch(Command, frozen=True, kw_only=True, tag="create_branch"):
 
 
 class TriggerMove(msgspec.Struct, frozen=True, kw_only=True):
+    """Move `branch` to `head`, which must still be its source's head (after the earlier moves of
+    the same command), from `expected`, under the `trigger` it was judged by: otherwise the move
+    was decided on old news."""
+
     branch: str
-    head: str  # the commit the branch moves to
-    expected: str  # the head it must still have: otherwise the move was decided on old news
+    head: str
+    expected: str
+    trigger: Trigger | None = None  # None: whatever trigger the branch has
 
 
 class FireTriggers(Command, frozen=True, kw_only=True, tag="fire_triggers"):
@@ -193,6 +198,7 @@ class FireTriggers(Command, frozen=True, kw_only=True, tag="fire_triggers"):
 
     repo: str
     moves: list[TriggerMove]
+    seen: int = 0  # the HW_FS sequence the decision was made at: fs decides no earlier
 
 
 class DeleteBranch(Command, frozen=True, kw_only=True, tag="delete_branch"):

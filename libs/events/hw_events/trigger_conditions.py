@@ -8,7 +8,8 @@ evaluates them) read trigger specs through this module, so they cannot disagree 
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 from hw_events.errors import UserError
 
@@ -55,7 +56,10 @@ def parse_size(text: str) -> int:
             f'invalid trigger size "{text}": use a number and a unit such as 500KB, 1.5MB or 2GiB '
             "(KB, MB, GB are powers of 1000; KiB, MiB, GiB powers of 1024)"
         )
-    return int(float(match[1]) * _UNITS[unit])
+    return int(Decimal(match[1]) * _UNITS[unit])  # exact: 2.01KB is 2010 bytes, not 2009
+
+
+SHORTEST_EVERY = timedelta(seconds=1)
 
 
 def parse_duration(text: str) -> timedelta:
@@ -64,9 +68,10 @@ def parse_duration(text: str) -> timedelta:
     if not parts or "".join(n + u for n, u in parts) != text:
         raise ValueError(f'"{text}" is not a duration like 2s, 10m or 1h30m')
     seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
-    if seconds <= 0:
-        raise ValueError(f'"{text}" is not a positive duration')
-    return timedelta(seconds=seconds)
+    try:
+        return timedelta(seconds=seconds)
+    except OverflowError:
+        raise ValueError(f'"{text}" is longer than any calendar') from None
 
 
 class Cron:
@@ -81,9 +86,13 @@ class Cron:
         try:
             if text.startswith("@every "):
                 self._every = parse_duration(text.removeprefix("@every ").strip())
+                if self._every < SHORTEST_EVERY:  # shorter would keep the service judging non-stop
+                    raise ValueError(f"ticks must be at least {SHORTEST_EVERY.seconds}s apart")
             elif not self._never:
                 self._check_cron(text)
                 self._cron = text
+            if not self._never and self.next_after(datetime.now(UTC)) is None:
+                raise ValueError("it never ticks")  # e.g. February 31st; say @never if meant
         except ValueError as err:
             raise UserError(
                 f'invalid trigger cron spec "{spec}": {err}; use 5 fields (minute hour day month '
@@ -103,14 +112,20 @@ class Cron:
             raise ValueError("a field is out of range or unreadable")
 
     def next_after(self, moment: datetime) -> datetime | None:
-        """The first tick strictly after `moment` (an aware datetime); None for `@never`."""
+        """The first tick strictly after `moment` (an aware datetime); None if there is none."""
         if self._never:
             return None
         if self._every is not None:
-            return moment + self._every
-        from croniter import croniter
+            try:
+                return moment + self._every
+            except OverflowError:  # past the year 9999
+                return None
+        from croniter import CroniterBadDateError, croniter
 
-        return croniter(self._cron, moment).get_next(datetime)
+        try:
+            return croniter(self._cron, moment).get_next(datetime)
+        except CroniterBadDateError:  # no date matches (within the years it searches)
+            return None
 
     def ticked_between(self, since: datetime, now: datetime) -> bool:
         """Whether at least one tick came after `since` and no later than `now`."""

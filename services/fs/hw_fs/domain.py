@@ -517,20 +517,26 @@ def decide_fire_triggers(state: FsState, command: FireTriggers, set_id: str, now
     writes: Writes = defaultdict(list)
     heads: dict[str, str] = {}  # heads as the earlier moves of this command leave them
     for move in command.moves:
+        where = f'branch "{move.branch}" of repo "{repo.name}"'
         branch = repo.branches.get(move.branch)
         if branch is None or branch.trigger is None:
-            raise TriggerOutdated(f'branch "{move.branch}" of repo "{repo.name}" no longer has a trigger')
+            raise TriggerOutdated(f"{where} no longer has a trigger")
+        if move.trigger is not None and move.trigger != branch.trigger:
+            raise TriggerOutdated(f"{where} got another trigger since this one was judged")
         current = heads.get(move.branch, branch.head)
         if current != move.expected:
             raise TriggerOutdated(
-                f'branch "{move.branch}" of repo "{repo.name}" moved to {current} '
-                f"before its trigger could move it from {move.expected}"
+                f"{where} moved to {current} before its trigger could move it from {move.expected}"
             )
+        source_name = branch.trigger.branch
+        source = heads.get(source_name) or (
+            repo.branches[source_name].head if source_name in repo.branches else None
+        )
+        if source != move.head:
+            raise TriggerOutdated(f'{where}: its source "{source_name}" is no longer at {move.head}')
         target = repo.commits.get(move.head)
         if target is None or target.finished is None:
-            raise UserError(
-                f'a trigger can only move "{move.branch}" to a finished commit of repo "{repo.name}"'
-            )
+            raise TriggerOutdated(f"{where}: {move.head} is not a finished commit of the repo")
         writes[repo.name].append(
             BranchHeadMoved(
                 repo=repo.name,

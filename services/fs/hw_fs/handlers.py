@@ -126,6 +126,8 @@ class FsHandlers:
         )
 
     async def fire_triggers(self, command: FireTriggers) -> list[BranchInfo]:
+        # Decided on the log up to `seen`: judge it on no older a state (this projector may lag).
+        await self.fs.wait_for(command.seen)
         set_id, now = commit_id_for(command.id), utcnow()
         await self.rt.execute_across(
             self.fs, command.id, lambda s: _subjects(domain.decide_fire_triggers(s, command, set_id, now))

@@ -23,6 +23,7 @@ from typing import NamedTuple
 
 import msgspec
 
+from hw_events.errors import UserError
 from hw_events.fs import (
     AUTO,
     BY_COMMIT,
@@ -152,14 +153,28 @@ PROJECTION = Projection(
 # --- conditions ------------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=1024)
-def _size(text: str) -> int:
-    return parse_size(text)
+# fs refuses specs these cannot read; one it took under older rules must still not stop the others.
 
 
 @functools.lru_cache(maxsize=1024)
-def _cron(spec: str) -> Cron:
-    return Cron(spec)
+def _size(text: str) -> int | None:
+    try:
+        return parse_size(text)
+    except UserError:
+        return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _cron(spec: str) -> Cron | None:
+    try:
+        return Cron(spec)
+    except UserError:
+        return None
+
+
+def _ticked(spec: str, since: datetime, now: datetime) -> bool:
+    cron = _cron(spec)
+    return cron is not None and cron.ticked_between(since, now)
 
 
 def commits_since(repo: RepoView, new: str, old: str, enough: int) -> int:
@@ -180,11 +195,12 @@ def conditions_hold(repo: RepoView, branch: BranchView, new: str, now: datetime)
     results: list[bool] = []
     if trigger.size:
         old_size = repo.commits[branch.head].size_bytes if branch.head in repo.commits else 0
-        results.append(repo.commits[new].size_bytes - old_size >= _size(trigger.size))
+        threshold = _size(trigger.size)
+        results.append(threshold is not None and repo.commits[new].size_bytes - old_size >= threshold)
     if trigger.commits:
         results.append(commits_since(repo, new, branch.head, trigger.commits) >= trigger.commits)
     if trigger.cron:
-        results.append(_cron(trigger.cron).ticked_between(branch.moved, now))
+        results.append(_ticked(trigger.cron, branch.moved, now))
     if not results:  # no condition: --trigger-all follows every commit
         return trigger.all
     return all(results) if trigger.all else any(results)
@@ -263,9 +279,7 @@ def due_on_ticks(
     due: dict[str, list[str]] = {}
     for repo, name, branch in triggered(state):
         assert branch.trigger is not None
-        if branch.trigger.cron and _cron(branch.trigger.cron).ticked_between(
-            since(branch, ticked, (repo, name)), now
-        ):
+        if branch.trigger.cron and _ticked(branch.trigger.cron, since(branch, ticked, (repo, name)), now):
             due.setdefault(repo, []).append(name)
     return due
 
@@ -275,8 +289,9 @@ def next_tick(state: TriggersState, ticked: Mapping[tuple[str, str], datetime]) 
     ticks = []
     for repo, name, branch in triggered(state):
         assert branch.trigger is not None
-        if branch.trigger.cron:
-            tick = _cron(branch.trigger.cron).next_after(since(branch, ticked, (repo, name)))
+        cron = _cron(branch.trigger.cron) if branch.trigger.cron else None
+        if cron is not None:
+            tick = cron.next_after(since(branch, ticked, (repo, name)))
             if tick is not None:
                 ticks.append(tick)
     return min(ticks, default=None)

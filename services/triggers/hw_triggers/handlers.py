@@ -24,6 +24,7 @@ from hw_triggers.domain import Move, TriggersState
 
 RETRY_AFTER = 0.5  # seconds before asking fs again when it did not answer
 LONGEST_SLEEP = 60.0  # seconds between looks at the clock when no cron tick is near
+BUSY_LOG = 500  # events after which a pass starts even if more are pending
 
 
 def firing_id(repo: str, moves: list[Move], moved_at: int) -> str:
@@ -44,6 +45,7 @@ class Firing:
 
     async def run(self) -> None:
         while not self.rt.stopping.is_set():
+            mark = self.fs.state.clock  # before judging: news that lands meanwhile wakes the next pass
             try:
                 settled = await self.judge_all()
             except TransientError as err:  # fs is not answering: keep the news, ask again shortly
@@ -55,7 +57,7 @@ class Firing:
                 await self._sleep(RETRY_AFTER)
                 continue
             if settled:
-                await self._wait_for_news()
+                await self._wait_for_news(mark)
 
     async def judge_all(self) -> bool:
         """Judge every due trigger once; False if a decision proved outdated (judge again at once)."""
@@ -90,7 +92,13 @@ class Firing:
         command = fs.FireTriggers(
             id=firing_id(repo, moves, moved_at),
             repo=repo,
-            moves=[fs.TriggerMove(branch=m.branch, head=m.head, expected=m.expected) for m in moves],
+            moves=[
+                fs.TriggerMove(
+                    branch=m.branch, head=m.head, expected=m.expected, trigger=branches[m.branch].trigger
+                )
+                for m in moves
+            ],
+            seen=self.fs.applied,
         )
         try:
             await self.rt.bus.request(fs.SERVICE, command)
@@ -111,17 +119,20 @@ class Firing:
         last = await self.rt.store.last_sequence(self.fs.stream.name, self.fs.subjects)
         await self.fs.wait_for(last)
 
-    async def _wait_for_news(self) -> None:
-        """Until the log has moved (and the projector holds no half of a batch) or a tick is due."""
-        mark = self.fs.state.clock
+    async def _wait_for_news(self, mark: int) -> None:
+        """Until the log has moved past `mark` (and the projector holds no half of a batch) or a
+        tick is due."""
         tick = domain.next_tick(self.fs.state, self.ticked)
         timeout = LONGEST_SLEEP
         if tick is not None:
             timeout = min(timeout, max(0.0, (tick - utcnow()).total_seconds()) + 0.001)
         projector = self.fs
         try:
+            # Not in the middle of a batch, unless events keep coming so fast the log never rests.
             await projector.wait_until(
-                lambda s: s.clock != mark and projector.pending == 0, timeout, "news from the file store"
+                lambda s: s.clock != mark and (projector.pending == 0 or s.clock - mark >= BUSY_LOG),
+                timeout,
+                "news from the file store",
             )
         except ServiceUnavailable:
             pass  # the timeout (a tick is due) or the service stopping: the loop looks again

@@ -51,9 +51,9 @@ def put_args(p: argparse.ArgumentParser) -> None:
         "-f",
         "--file",
         dest="source",
-        default="-",
+        default="",
         metavar="FILE|DIR|URL|-",
-        help="what to put; - (the default) is stdin",
+        help="what to put; - is stdin, and so is no -f when data is piped in",
     )
     p.add_argument("-r", "--recursive", action="store_true", help="put a directory's files")
     p.add_argument(
@@ -68,16 +68,30 @@ def _opener(path: str) -> Callable[[], BinaryIO]:
     return open_it
 
 
+def _from_stdin(source: str, dest: str, recursive: bool) -> tuple[str, Callable[[], BinaryIO], int]:
+    """Stdin as the one file to put: with `-f -`, or with no -f when data is piped in (as in
+    `dd ... | hwctl put file repo@branch:/path`)."""
+    from hw_storage import paths
+
+    if not source and sys.stdin.isatty():
+        raise UserError("nothing to put: name a file with -f FILE, or pipe the data in")
+    if not dest:
+        raise UserError("put file from stdin needs a path: repo@branch:/path")
+    if recursive:
+        raise UserError("-r puts a directory's files: name the directory with -f DIR, not stdin")
+    if sys.stdin.isatty():
+        print("reading the file from stdin (end it with Ctrl-D)", file=sys.stderr)
+    return paths.normalize(dest), lambda: sys.stdin.buffer, -1
+
+
 def _sources(
     source: str, dest: str, recursive: bool
 ) -> Iterator[tuple[str, Callable[[], BinaryIO] | str, int]]:
     """(path in the commit, a local file or how to open a stream, size or -1) for each file to put."""
     from hw_storage import paths
 
-    if source == "-":
-        if not dest:
-            raise UserError("put file from stdin needs a path: repo@branch:/path")
-        yield paths.normalize(dest), lambda: sys.stdin.buffer, -1
+    if source in ("", "-"):
+        yield _from_stdin(source, dest, recursive)
         return
     if source.startswith(("http://", "https://")):
         import urllib.parse
