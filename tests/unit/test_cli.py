@@ -77,3 +77,23 @@ def test_quick_commands_import_nothing_heavy() -> None:
     )
     loaded = subprocess.run([sys.executable, "-c", probe, *HEAVY], capture_output=True, text=True, check=True)
     assert loaded.stdout.split() == []
+
+
+def test_put_file_without_f_reads_only_what_is_piped_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from hw_events.errors import UserError
+    from hwctl.commands.file import _from_stdin
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr("sys.stdin", Terminal())
+    with pytest.raises(UserError, match="nothing to put: name a file with -f FILE, or pipe the data in"):
+        _from_stdin("", "/file", recursive=False)
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"piped")))
+    path, _, size = _from_stdin("", "dir/file", recursive=False)
+    assert (path, size) == ("/dir/file", -1)
+    with pytest.raises(UserError, match="-r puts a directory's files"):
+        _from_stdin("-", "/file", recursive=True)
