@@ -71,7 +71,7 @@ class Firing:
             view = state.repos.get(repo)
             if view is None:  # deleted while earlier repos were fired
                 continue
-            names = [n for n in names if n in view.branches]
+            names = [n for n in names if n in view.branches and view.branches[n].trigger is not None]
             cues = {n: domain.cue(state, repo, view.branches[n]) for n in names}
             if not await self.fire(repo, names, now):
                 settled = False
