@@ -26,11 +26,7 @@ from tests.unit.fs_events import T0, at, cid, one_off
 
 
 def given(*events: Event | Iterable[Event]) -> TriggersState:
-    state = TriggersState()
-    for item in events:
-        for event in [item] if isinstance(item, Event) else item:
-            domain.evolve(state, event)  # type: ignore[arg-type]
-    return state
+    return fold(TriggersState(), *events)
 
 
 def fold(state: TriggersState, *events: Event | Iterable[Event]) -> TriggersState:

@@ -15,7 +15,7 @@ import msgspec
 
 from hw_events.errors import UserError
 from hw_events.fs import Trigger
-from hw_events.trigger_conditions import parse_duration
+from hw_events.trigger_conditions import check_conditions, parse_duration
 
 _NAME = re.compile(r"^[a-zA-Z0-9_-]+$")
 REPROCESS_SPECS = ("until_success", "every_job")
@@ -204,19 +204,10 @@ def _check_input(spec_input: Input, path: str, where: str) -> None:
 
 
 def _check_trigger(trigger: InputTrigger, path: str, where: str) -> None:
-    from hw_events.trigger_conditions import Cron, parse_size
-
+    _check_name(f"{path}.branch", trigger.branch, where)
     try:
-        _check_name(f"{path}.branch", trigger.branch, where)
-        if trigger.size:
-            parse_size(trigger.size)
-        if trigger.commits < 0:
-            raise UserError(f"cannot trigger on a negative number of commits ({trigger.commits})")
-        if trigger.cron:
-            Cron(trigger.cron)
+        check_conditions(trigger.size, trigger.commits, trigger.cron)
     except UserError as err:
-        if err.message.startswith("invalid pipeline spec"):
-            raise
         raise UserError(f"invalid pipeline spec{where}: {path}: {err.message}") from None
 
 

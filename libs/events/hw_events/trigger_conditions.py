@@ -74,6 +74,16 @@ def parse_duration(text: str) -> timedelta:
         raise ValueError(f'"{text}" is longer than any calendar') from None
 
 
+def check_conditions(size: str, commits: int, cron: str) -> None:
+    """A UserError if a trigger's size, commit count or cron spec means nothing."""
+    if size:
+        parse_size(size)
+    if commits < 0:
+        raise UserError(f"cannot trigger on a negative number of commits ({commits})")
+    if cron:
+        Cron(cron)
+
+
 class Cron:
     """A schedule: 5-field cron (UTC), `@daily`-style descriptors, `@every <duration>` or `@never`."""
 

@@ -52,7 +52,7 @@ from hw_events.fs import (
 )
 from hw_events.messages import Event
 from hw_events.projection import Projection
-from hw_events.trigger_conditions import Cron, parse_size
+from hw_events.trigger_conditions import check_conditions
 
 _NAME = re.compile(r"^[a-zA-Z0-9_-]+$")
 _REF = re.compile(r"^(?P<base>[A-Za-z0-9_-]+)(?:(?P<up>(?:[\^~]\d*)+)|\.(?P<nth>\d+))?$")
@@ -441,12 +441,7 @@ def check_trigger(repo: Repo, branch: str, trigger: Trigger, provenance: Sequenc
             f'branch "{branch}" follows {", ".join(provenance)}: '
             "a branch cannot have both provenance and a trigger"
         )
-    if trigger.size:
-        parse_size(trigger.size)
-    if trigger.commits < 0:
-        raise UserError(f"cannot trigger on a negative number of commits ({trigger.commits})")
-    if trigger.cron:
-        Cron(trigger.cron)
+    check_conditions(trigger.size, trigger.commits, trigger.cron)
     if not (trigger.size or trigger.commits or trigger.cron or trigger.all):
         raise UserError(
             f'the trigger on "{trigger.branch}" has no condition: give --trigger-size, '
