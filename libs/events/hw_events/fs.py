@@ -31,6 +31,7 @@ BY_COMMIT = "commit"  # a new commit on the branch
 BY_HAND = "hand"  # `create branch --head`
 BY_TRIGGER = "trigger"  # the branch's trigger fired
 BY_UPSTREAM = "upstream"  # a branch it follows (provenance) moved
+BY_PIPELINE = "pipeline"  # its pipeline asked for a new output commit (an update)
 
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")
 
@@ -100,6 +101,7 @@ class CommitFinished(Event, frozen=True, kw_only=True, tag="commit_finished"):
     files: int
     layers: list[str]  # the commit's tree, oldest layer first (compacted when it grew long)
     description: str | None = None  # replaces the description when given
+    error: str = ""  # why its pipeline's job failed: the commit holds no new output
 
 
 class BranchCreated(Event, frozen=True, kw_only=True, tag="branch_created"):
@@ -199,6 +201,24 @@ class FireTriggers(Command, frozen=True, kw_only=True, tag="fire_triggers"):
     repo: str
     moves: list[TriggerMove]
     seen: int = 0  # the HW_FS sequence the decision was made at: fs decides no earlier
+
+
+class FinishOutputCommit(Command, frozen=True, kw_only=True, tag="finish_output_commit"):
+    """Finish a pipeline's open output commit with exactly the tree `layers` (its job's merged
+    output), or, with `error`, as a failed commit that keeps its parent's files."""
+
+    repo: str
+    commit: str
+    layers: list[str] = msgspec.field(default_factory=list)
+    error: str = ""
+
+
+class OpenOutputCommit(Command, frozen=True, kw_only=True, tag="open_output_commit"):
+    """Open a new output commit on a pipeline's output branch (and downstream): a new job over the
+    same inputs, as after `update pipeline`. Nothing happens if its head is still open."""
+
+    repo: str
+    branch: str
 
 
 class DeleteBranch(Command, frozen=True, kw_only=True, tag="delete_branch"):
@@ -323,6 +343,8 @@ COMMANDS: tuple[type[Command], ...] = (
     CreateBranch,
     DeleteBranch,
     FireTriggers,
+    FinishOutputCommit,
+    OpenOutputCommit,
     StartCommit,
     FinishCommit,
     ModifyFiles,
@@ -374,6 +396,7 @@ class CommitInfo(msgspec.Struct, frozen=True, kw_only=True):
     size_bytes: int
     description: str = ""
     files: int = 0
+    error: str = ""
 
 
 class FileInfo(msgspec.Struct, frozen=True, kw_only=True):

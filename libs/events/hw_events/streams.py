@@ -20,12 +20,14 @@ from hw_events import subjects
 
 DUPLICATE_WINDOW_S = 120.0
 _STREAM_NAME_IN_USE = 10058
+LOGS_KEPT_S = 7 * 24 * 3600.0
 
 
 class StreamKind(Enum):
     EVENTS = "events"
     WORK = "work"
     DEAD_LETTERS = "dead_letters"
+    LOGS = "logs"
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,10 @@ class StreamSpec:
             )
         if self.kind is StreamKind.WORK:
             return api.StreamConfig(**common, retention=api.RetentionPolicy.WORK_QUEUE)
+        if self.kind is StreamKind.LOGS:
+            return api.StreamConfig(
+                **common, retention=api.RetentionPolicy.LIMITS, max_age=LOGS_KEPT_S, allow_direct=True
+            )
         return api.StreamConfig(**common, retention=api.RetentionPolicy.LIMITS, allow_direct=True)
 
 
@@ -65,7 +71,9 @@ BUILD = StreamSpec(subjects.BUILD_STREAM, (subjects.BUILD_EVENTS,), description=
 TASKS = StreamSpec(subjects.TASKS_STREAM, (subjects.TASKS,), StreamKind.WORK, "Work to be done once")
 DLQ = StreamSpec(subjects.DLQ_STREAM, (subjects.DLQ,), StreamKind.DEAD_LETTERS, "Work that could not be done")
 
-ALL: tuple[StreamSpec, ...] = (FS, PPS, BUILD, TASKS, DLQ)
+LOGS = StreamSpec(subjects.LOGS_STREAM, (subjects.LOGS,), StreamKind.LOGS, "What user code printed")
+
+ALL: tuple[StreamSpec, ...] = (FS, PPS, BUILD, TASKS, DLQ, LOGS)
 
 
 async def ensure_stream(js: Any, spec: StreamSpec) -> None:

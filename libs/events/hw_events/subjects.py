@@ -32,6 +32,10 @@ PIPELINE_EVENTS = "hw.pps.evt.pipeline.>"
 BUILD_STREAM = "HW_BUILD"
 BUILD_EVENTS = "hw.build.evt.>"
 
+# What user code printed, per datum: kept a week, read by `hwctl logs`, never part of the record.
+LOGS_STREAM = "HW_LOGS"
+LOGS = "hw.log.>"
+
 # --- work queues -----------------------------------------------------------------------------------
 
 TASKS_STREAM = "HW_TASKS"
@@ -73,6 +77,12 @@ def pipeline_events(pipeline: str) -> str:
 
 def job_events(pipeline: str) -> str:
     return f"hw.pps.evt.job.{token(pipeline)}"
+
+
+def log_subject(pipeline: str, job: str = "*", datum: str = "*") -> str:
+    """Where the output of `datum` of `job` goes; the defaults are wildcards for reading."""
+    job, datum = (part if part == "*" else token(part) for part in (job, datum))
+    return f"hw.log.{token(pipeline)}.{job}.{datum}"
 
 
 def task_subject(kind: str, key: str) -> str:

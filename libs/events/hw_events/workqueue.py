@@ -119,6 +119,7 @@ class WorkQueue:
     """Submits tasks to, and runs handlers over, one durable pull consumer."""
 
     def __init__(self, nc: Any, spec: QueueSpec) -> None:
+        self._on_dead: Callable[[Task, str], Awaitable[None]] | None = None
         self._nc = nc
         self._js = nc.jetstream()
         self.spec = spec
@@ -159,11 +160,14 @@ class WorkQueue:
         stop: asyncio.Event,
         concurrency: int = 1,
         poll: float = 1.0,
+        on_dead: Callable[[Task, str], Awaitable[None]] | None = None,
     ) -> None:
         """Take tasks and run `handler` on up to `concurrency` at once, until `stop` is set.
 
-        Tasks already taken are finished before this returns.
+        Tasks already taken are finished before this returns. `on_dead` hears of every task given
+        up (with the reason) before it is dead-lettered, so whoever waits for it can be told.
         """
+        self._on_dead = on_dead
         psub = await self._js.pull_subscribe_bind(self.spec.durable, stream=self.spec.stream.name)
         running: set[asyncio.Task[None]] = set()
         try:
@@ -220,6 +224,8 @@ class WorkQueue:
         """Ack, nak or dead-letter. If even that fails (NATS gone), the task is redelivered later."""
         try:
             if dead is not None:
+                if self._on_dead is not None:
+                    await self._on_dead(task, dead)
                 await task.dead_letter(dead)
                 log.warning("task_dead_lettered", reason=dead)
             elif nak_delay is not None:

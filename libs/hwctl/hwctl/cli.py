@@ -48,6 +48,26 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str]] = {
     ("inspect", "file"): ("file", "inspect", "Show one file"),
     ("copy", "file"): ("file", "copy", "Copy files by reference, across branches and repos"),
     ("delete", "file"): ("file", "delete", "Delete a file or directory"),
+    ("create", "pipeline"): (
+        "pipeline",
+        "create",
+        "Create a pipeline from a JSON or YAML spec (-f FILE, -, URL)",
+    ),
+    ("update", "pipeline"): (
+        "pipeline",
+        "update",
+        "Change a pipeline's spec; --reprocess runs every datum again",
+    ),
+    ("list", "pipeline"): ("pipeline", "list_", "List pipelines, newest first"),
+    ("inspect", "pipeline"): ("pipeline", "inspect", "Show one pipeline"),
+    ("delete", "pipeline"): ("pipeline", "delete", "Delete a pipeline (and its output repo)"),
+    ("stop", "pipeline"): ("pipeline", "stop", "Start no new jobs of a pipeline until it is started"),
+    ("start", "pipeline"): ("pipeline", "start", "Let a stopped pipeline run its jobs again"),
+    ("list", "job"): ("job", "list_", "List jobs, newest first (-p PIPELINE, or PIPELINE@COMMIT)"),
+    ("inspect", "job"): ("job", "inspect", "Show one job"),
+    ("wait", "job"): ("job", "wait", "Wait until a job ends; exit 1 unless it succeeded"),
+    ("list", "datum"): ("job", "datums", "List a job's datums and their state"),
+    ("logs",): ("logs", "logs", "Show what user code printed (-p PIPELINE [-j JOB] [--datum D] [-f])"),
 }
 
 EXIT_USER = 1

@@ -1,6 +1,7 @@
 """The object store behind Headwater: immutable, content-addressed blobs under `<kind>/<hash>` keys.
 
-Two kinds today: `chunks/` (file contents, cut by content) and `layers/` (file indexes). A key names
+Kinds: `chunks/` (file contents, cut by content), `layers/` (file indexes), and the pipeline
+system's `plans/` and `indexes/` (datum lists). A key names
 its content, so writing a key that exists is a no-op and every reader of a key sees the same bytes.
 """
 
@@ -13,6 +14,8 @@ import blake3
 
 CHUNKS = "chunks"
 LAYERS = "layers"
+PLANS = "plans"  # a job's datums: which inputs each reads, and which are skipped
+INDEXES = "indexes"  # a finished job's datums: hash, state and output layer each
 
 
 class BlobNotFound(KeyError):

@@ -13,9 +13,9 @@ import re
 import uuid
 from collections.abc import Iterator
 
-from hw_storage.blobs import CHUNKS, LAYERS, BlobNotFound
+from hw_storage.blobs import CHUNKS, INDEXES, LAYERS, PLANS, BlobNotFound
 
-KINDS = (CHUNKS, LAYERS)
+KINDS = (CHUNKS, LAYERS, PLANS, INDEXES)
 _NAME = re.compile(r"^[0-9a-f]{64}$")
 
 

@@ -23,6 +23,7 @@ from hw_events.fs import (
     AUTO,
     BY_COMMIT,
     BY_HAND,
+    BY_PIPELINE,
     BY_TRIGGER,
     BY_UPSTREAM,
     EVENTS,
@@ -41,8 +42,10 @@ from hw_events.fs import (
     DeleteRepo,
     FilesChanged,
     FinishCommit,
+    FinishOutputCommit,
     FireTriggers,
     FsEvent,
+    OpenOutputCommit,
     RepoCreated,
     RepoDeleted,
     RepoInfo,
@@ -72,6 +75,7 @@ class Commit(msgspec.Struct, frozen=True, kw_only=True):
     size_bytes: int = 0
     files: int = 0
     layers: tuple[str, ...] = ()  # the tree: parent's layers, then this commit's own
+    error: str = ""  # an output commit whose job failed
 
 
 class Branch(msgspec.Struct, frozen=True, kw_only=True):
@@ -160,6 +164,7 @@ def evolve(state: FsState, event: FsEvent) -> FsState:
                 files=event.files,
                 layers=tuple(event.layers),
                 description=commit.description if event.description is None else event.description,
+                error=event.error,
             )
         case BranchCreated():
             state.repos[event.repo].branches[event.branch] = Branch(
@@ -306,6 +311,7 @@ def commit_info(repo: Repo, commit: Commit) -> CommitInfo:
         size_bytes=commit.size_bytes,
         description=commit.description,
         files=commit.files,
+        error=commit.error,
     )
 
 
@@ -403,6 +409,16 @@ def propagate(state: FsState, repo: str, branch: str, *, set_id: str, now: datet
         ]
 
 
+def set_for_move(state: FsState, repo: str, branch: str, head: str, fallback: str) -> str:
+    """The id of the commits a head move opens downstream: the new head's own id, so a job is
+    named after the commit it processes (as users look it up), unless a downstream repo already
+    has a commit of that id (the head moved back to a commit it held before): then `fallback`."""
+    for down_repo, _ in _downstream(state, repo, branch):
+        if head in state.repos[down_repo].commits:
+            return fallback
+    return head
+
+
 def _check_provenance(state: FsState, repo: str, sources: list[str]) -> list[str]:
     """Valid `repo@branch` sources: existing, not this repo, and no repo twice upstream."""
     closure: list[tuple[str, str]] = []
@@ -478,7 +494,8 @@ def decide_create_branch(state: FsState, command: CreateBranch, set_id: str, now
                     moved=now,
                 )
             )
-            propagate(state, repo.name, command.branch, set_id=set_id, now=now, writes=writes)
+            move_set = set_for_move(state, repo.name, command.branch, head.id, set_id)
+            propagate(state, repo.name, command.branch, set_id=move_set, now=now, writes=writes)
         return writes
     if head is None:
         _check_unused(repo, set_id)
@@ -543,7 +560,8 @@ def decide_fire_triggers(state: FsState, command: FireTriggers, set_id: str, now
             )
         )
         heads[move.branch] = move.head
-        propagate(state, repo.name, move.branch, set_id=set_id, now=now, writes=writes)
+        move_set = set_for_move(state, repo.name, move.branch, move.head, set_id)
+        propagate(state, repo.name, move.branch, set_id=move_set, now=now, writes=writes)
     return writes
 
 
@@ -758,4 +776,71 @@ def decide_write(
         ),
     ]
     _move_head(state, repo, target.branch, branch, set_id=set_id, now=now, writes=writes)
+    return writes
+
+
+# --- pipeline output commits -----------------------------------------------------------------------
+
+
+def output_commit(state: FsState, repo_name: str, commit_id: str) -> Commit:
+    """The open output commit `commit_id` of `repo_name`, or a UserError saying why it is not one."""
+    repo = repo_of(state, repo_name)
+    commit = repo.commits.get(commit_id)
+    if commit is None:
+        raise NotFound(f'commit {commit_id} not found in repo "{repo_name}"')
+    branch = repo.branches.get(commit.branch)
+    if commit.origin != AUTO or branch is None or not branch.provenance:
+        raise UserError(f"commit {commit_id} is not a pipeline's output commit")
+    return commit
+
+
+def decide_finish_output_commit(
+    state: FsState, command: FinishOutputCommit, summary: Summary | None, now: datetime
+) -> Writes:
+    """Finish an output commit with its job's tree (`summary`), or as failed (`summary` None)."""
+    commit = output_commit(state, command.repo, command.commit)
+    if commit.finished is not None:
+        return {}  # finished already: a retried request after its reply was lost
+    if summary is None:
+        summary = Summary(commit.layers, commit.size_bytes, commit.files)
+    return {
+        command.repo: [
+            CommitFinished(
+                repo=command.repo,
+                commit=commit.id,
+                finished=now,
+                size_bytes=summary.size_bytes,
+                files=summary.files,
+                layers=list(summary.layers),
+                error=command.error,
+            )
+        ]
+    }
+
+
+def decide_open_output_commit(
+    state: FsState, command: OpenOutputCommit, set_id: str, now: datetime
+) -> Writes:
+    repo = repo_of(state, command.repo)
+    branch = branch_of(repo, command.branch)
+    if not branch.provenance:
+        raise UserError(f'branch "{command.branch}" of repo "{repo.name}" is no pipeline output branch')
+    writes: Writes = defaultdict(list)
+    if repo.commits[branch.head].finished is None:
+        return writes  # its newest job has not finished: that job is the new one
+    _check_unused(repo, set_id)
+    writes[repo.name] += [
+        CommitStarted(
+            repo=repo.name, commit=set_id, branch=branch.name, parent=branch.head, origin=AUTO, started=now
+        ),
+        BranchHeadMoved(
+            repo=repo.name,
+            branch=branch.name,
+            head=set_id,
+            previous=branch.head,
+            reason=BY_PIPELINE,
+            moved=now,
+        ),
+    ]
+    propagate(state, repo.name, branch.name, set_id=set_id, now=now, writes=writes)
     return writes

@@ -29,6 +29,7 @@ from hw_events.fs import (
     FileDiff,
     FileInfo,
     FinishCommit,
+    FinishOutputCommit,
     FireTriggers,
     GetFile,
     GlobFiles,
@@ -41,6 +42,7 @@ from hw_events.fs import (
     ListFiles,
     ListRepos,
     ModifyFiles,
+    OpenOutputCommit,
     RepoInfo,
     StartCommit,
     WaitCommit,
@@ -182,6 +184,29 @@ class FsHandlers:
         await self.until_settled(attempt)
         commit_id = finished[0] if finished else domain.resolve(self.fs.state, command.repo, command.ref).id
         return self.info(command.repo, commit_id)
+
+    async def finish_output_commit(self, command: FinishOutputCommit) -> CommitInfo:
+        domain.output_commit(self.fs.state, command.repo, command.commit)
+        summary = None
+        if not command.error:
+            summary = await asyncio.to_thread(self.trees.summarize, tuple(command.layers))
+        now = utcnow()
+        await self.rt.execute_across(
+            self.fs,
+            command.id,
+            lambda s: _subjects(domain.decide_finish_output_commit(s, command, summary, now)),
+        )
+        return self.info(command.repo, command.commit)
+
+    async def open_output_commit(self, command: OpenOutputCommit) -> BranchInfo:
+        set_id, now = commit_id_for(command.id), utcnow()
+        await self.rt.execute_across(
+            self.fs,
+            command.id,
+            lambda s: _subjects(domain.decide_open_output_commit(s, command, set_id, now)),
+        )
+        repo = domain.repo_of(self.fs.state, command.repo)
+        return domain.branch_info(repo, domain.branch_of(repo, command.branch))
 
     async def inspect_commit(self, query: InspectCommit) -> CommitInfo:
         commit = domain.resolve(self.fs.state, query.repo, query.ref)
@@ -381,6 +406,8 @@ class FsHandlers:
             ListBranches: self.list_branches,
             StartCommit: self.start_commit,
             FinishCommit: self.finish_commit,
+            FinishOutputCommit: self.finish_output_commit,
+            OpenOutputCommit: self.open_output_commit,
             InspectCommit: self.inspect_commit,
             ListCommits: self.list_commits,
             WaitCommit: self.wait_commit,

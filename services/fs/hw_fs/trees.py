@@ -1,74 +1,20 @@
-"""Reading commits' trees from the object store, with caches (the fs service's storage adapter).
-
-Layers are immutable, so they cache forever (within a bound); a tree view is cached under the tuple
-of layers it merges, and a view for `layers + [new]` starts from a copy of the cached view for
-`layers` instead of reading everything again. Everything here is blocking: call it in a thread.
-"""
+"""The fs service's storage adapter: trees read through the shared cache, and summed up (and
+compacted) when a commit finishes. Blocking: call it in a thread."""
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
-
-from hw_events.errors import UserError
 from hw_fs.domain import Summary
 from hw_storage import layers as layer_store
-from hw_storage.blobs import BlobNotFound, BlobStore
-from hw_storage.layers import Layer
-from hw_storage.tree import TreeView
+from hw_storage.trees import TreeCache
 
 COMPACT_AFTER = 16  # a tree of more layers is merged into one when its commit finishes
 
 
-class Trees:
-    def __init__(self, store: BlobStore, *, max_views: int = 16, max_layers: int = 512) -> None:
-        self.store = store
-        self._lock = threading.Lock()
-        self._layers: OrderedDict[str, Layer] = OrderedDict()
-        self._views: OrderedDict[tuple[str, ...], TreeView] = OrderedDict()
-        self._max_views, self._max_layers = max_views, max_layers
-
-    def layer(self, key: str) -> Layer:
-        with self._lock:
-            if key in self._layers:
-                self._layers.move_to_end(key)
-                return self._layers[key]
-        try:
-            layer = layer_store.read(self.store, key)
-        except BlobNotFound:
-            raise UserError(
-                f"layer {key} is not in the object store ({self.store.description}): "
-                "was it uploaded to the storage this Headwater uses?"
-            ) from None
-        with self._lock:
-            self._layers[key] = layer
-            while len(self._layers) > self._max_layers:
-                self._layers.popitem(last=False)
-        return layer
-
-    def view(self, tree: tuple[str, ...]) -> TreeView:
-        """The files of a tree. The view is shared: read it, never change it."""
-        with self._lock:
-            if tree in self._views:
-                self._views.move_to_end(tree)
-                return self._views[tree]
-            start = next((k for k in range(len(tree) - 1, 0, -1) if tree[:k] in self._views), 0)
-            base = self._views[tree[:start]].copy() if start else TreeView()
-        for key in tree[start:]:
-            base.apply(self.layer(key))
-        self._remember(tree, base)
-        return base
-
-    def _remember(self, tree: tuple[str, ...], view: TreeView) -> None:
-        with self._lock:
-            self._views[tree] = view
-            while len(self._views) > self._max_views:
-                self._views.popitem(last=False)
-
+class Trees(TreeCache):
     def summarize(self, tree: tuple[str, ...]) -> Summary:
         """Size and file count of a tree about to be committed; merged into one layer if long."""
         view = self.view(tree)
         if len(tree) > COMPACT_AFTER:
             tree = (layer_store.write(self.store, view.as_layer()),)
-            self._remember(tree, view)
+            self.remember(tree, view)
         return Summary(tree, view.size_bytes, view.count)

@@ -1,19 +1,599 @@
-"""The scheduler service's state and decisions: pure, no I/O.
+"""The scheduler's state and decisions: pure, no I/O.
 
-Pipelines, jobs and datums come with issue 5; for now it reads the file store's and the
-pipeline system's events, which is what it will decide from.
+Two projections:
+- `FS_VIEW` folds `HW_FS` into what scheduling needs: branches (head, provenance), commits
+  (finished, tree, error) and, for every commit the file store opened on a pipeline's output
+  branch, which input commits were the heads of its inputs at that moment. Such a commit is a job.
+- `PPS` folds `HW_PPS`: pipelines (spec per version, salt, paused) and their jobs, in order.
+
+Decisions return events per aggregate subject; `handlers` appends them and does the I/O
+(reading trees, writing plans, queueing tasks, asking the file store to open and finish commits).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from datetime import datetime
+
 import msgspec
 
-from hw_events.projection import reading_only
+from hw_events import subjects
+from hw_events.errors import AlreadyExists, NotFound, UserError
+from hw_events.fs import (
+    AUTO,
+    BranchCreated,
+    BranchDeleted,
+    BranchHeadMoved,
+    CommitFinished,
+    CommitStarted,
+    RepoCreated,
+    RepoDeleted,
+)
+from hw_events.messages import Event
+from hw_events.pipeline_spec import Input, PipelineSpec, input_name, pfs_inputs
+from hw_events.pps import (
+    CREATED,
+    DATUM_FAILED,
+    DATUM_RECOVERED,
+    DATUM_SUCCESS,
+    FAILURE,
+    FINAL_STATES,
+    FINISHING,
+    KILLED,
+    PIPELINE_PAUSED,
+    PIPELINE_RUNNING,
+    RUNNING,
+    STARTING,
+    DatumFinished,
+    DatumsQueued,
+    JobCreated,
+    JobFinished,
+    JobInfo,
+    JobInput,
+    JobStarted,
+    PipelineCreated,
+    PipelineDeleted,
+    PipelineInfo,
+    PipelineStarted,
+    PipelineStopped,
+    PipelineUpdated,
+    PpsEvent,
+)
+from hw_events.projection import Projection
+
+Writes = dict[str, list[Event]]  # aggregate subject -> events
+
+KILLED_BY_UPDATE = "all jobs killed because pipeline was updated"
+KILLED_BY_DELETE = "all jobs killed because pipeline was deleted"
+
+# --- the file store, as scheduling sees it ---------------------------------------------------------
 
 
-class SchedulerState(msgspec.Struct, kw_only=True):
-    """Nothing is kept yet: this service knows no event types of the streams it reads."""
+class CommitView(msgspec.Struct, kw_only=True):
+    branch: str
+    origin: str
+    finished: bool = False
+    layers: tuple[str, ...] = ()
+    error: str = ""
+    inputs: dict[str, str] | None = None  # output commits: "repo@branch" -> the head it read
 
 
-FS_VIEW = reading_only("scheduler-fs", "scheduler-fs-0", SchedulerState)
-OWN = reading_only("scheduler", "scheduler-0", SchedulerState)
+class BranchView(msgspec.Struct, kw_only=True):
+    head: str
+    provenance: tuple[str, ...] = ()
+
+
+class RepoView(msgspec.Struct, kw_only=True):
+    branches: dict[str, BranchView] = msgspec.field(default_factory=dict)
+    commits: dict[str, CommitView] = msgspec.field(default_factory=dict)
+    outputs: list[str] = msgspec.field(default_factory=list)  # output commits, in the order opened
+
+
+class FsView(msgspec.Struct, kw_only=True):
+    repos: dict[str, RepoView] = msgspec.field(default_factory=dict)
+
+
+def _heads_of(view: FsView, provenance: tuple[str, ...]) -> dict[str, str]:
+    heads = {}
+    for source in provenance:
+        repo, _, branch = source.partition("@")
+        found = view.repos.get(repo)
+        if found is not None and branch in found.branches:
+            heads[source] = found.branches[branch].head
+    return heads
+
+
+def _note_output(view: FsView, repo: RepoView, commit_id: str, branch: BranchView) -> None:
+    commit = repo.commits.get(commit_id)
+    if commit is None or commit.origin != AUTO or commit.finished or commit.inputs is not None:
+        return
+    commit.inputs = _heads_of(view, branch.provenance)
+    repo.outputs.append(commit_id)
+
+
+def evolve_fs(view: FsView, event: Event) -> FsView:
+    match event:
+        case RepoCreated():
+            view.repos[event.repo] = RepoView()
+        case RepoDeleted():
+            view.repos.pop(event.repo, None)
+        case CommitStarted():
+            repo = view.repos[event.repo]
+            repo.commits[event.commit] = CommitView(branch=event.branch, origin=event.origin)
+            branch = repo.branches.get(event.branch)
+            if branch is not None and branch.provenance:
+                _note_output(view, repo, event.commit, branch)
+        case CommitFinished():
+            commit = view.repos[event.repo].commits[event.commit]
+            commit.finished, commit.layers, commit.error = True, tuple(event.layers), event.error
+        case BranchCreated():
+            repo = view.repos[event.repo]
+            branch = BranchView(head=event.head, provenance=tuple(event.provenance))
+            repo.branches[event.branch] = branch
+            if branch.provenance:  # its first commit was started before the branch knew its inputs
+                _note_output(view, repo, event.head, branch)
+        case BranchHeadMoved():
+            view.repos[event.repo].branches[event.branch].head = event.head
+        case BranchDeleted():
+            view.repos[event.repo].branches.pop(event.branch, None)
+        case _:
+            pass  # files and triggers do not matter here
+    return view
+
+
+FS_VIEW = Projection(
+    name="scheduler-fs",
+    schema="scheduler-fs-1",
+    state_type=FsView,
+    initial=FsView,
+    evolve=evolve_fs,
+    event_types=(
+        RepoCreated,
+        RepoDeleted,
+        CommitStarted,
+        CommitFinished,
+        BranchCreated,
+        BranchHeadMoved,
+        BranchDeleted,
+    ),
+)
+
+# --- pipelines and jobs ----------------------------------------------------------------------------
+
+
+class Pipeline(msgspec.Struct, kw_only=True):
+    name: str
+    version: int
+    spec: PipelineSpec
+    salt: str
+    created: datetime
+    updated: datetime | None = None
+    state: str = PIPELINE_RUNNING
+    specs: dict[int, PipelineSpec] = msgspec.field(default_factory=dict)  # every version's spec
+
+
+class Job(msgspec.Struct, kw_only=True):
+    pipeline: str
+    id: str
+    version: int
+    inputs: list[JobInput]
+    created: datetime
+    started: datetime | None = None
+    finished: datetime | None = None
+    final: str = ""  # SUCCESS, FAILURE or KILLED once finished
+    reason: str = ""
+    plan: str = ""
+    base: str | None = None
+    total: int = 0
+    skipped: int = 0
+    to_run: int = 0
+    queued: bool = False
+    results: dict[str, DatumFinished] = msgspec.field(default_factory=dict)
+    index: str = ""
+
+    @property
+    def state(self) -> str:
+        if self.final:
+            return self.final
+        if self.started is None:
+            return CREATED
+        if not self.queued:
+            return STARTING
+        return RUNNING if len(self.results) < self.to_run else FINISHING
+
+    @property
+    def all_reported(self) -> bool:
+        return self.started is not None and len(self.results) >= self.to_run
+
+    def count(self, state: str) -> int:
+        return sum(1 for r in self.results.values() if r.state == state)
+
+
+class PpsState(msgspec.Struct, kw_only=True):
+    pipelines: dict[str, Pipeline] = msgspec.field(default_factory=dict)
+    jobs: dict[str, dict[str, Job]] = msgspec.field(default_factory=dict)  # pipeline -> id -> job
+
+
+def evolve(state: PpsState, event: PpsEvent) -> PpsState:
+    match event:
+        case PipelineCreated():
+            state.pipelines[event.pipeline] = Pipeline(
+                name=event.pipeline,
+                version=1,
+                spec=event.spec,
+                salt=event.salt,
+                created=event.created,
+                specs={1: event.spec},
+            )
+            state.jobs[event.pipeline] = {}
+        case PipelineUpdated():
+            pipeline = state.pipelines[event.pipeline]
+            pipeline.version, pipeline.spec, pipeline.salt = event.version, event.spec, event.salt
+            pipeline.updated = event.updated
+            pipeline.specs[event.version] = event.spec
+        case PipelineStopped():
+            state.pipelines[event.pipeline].state = PIPELINE_PAUSED
+        case PipelineStarted():
+            state.pipelines[event.pipeline].state = PIPELINE_RUNNING
+        case PipelineDeleted():
+            state.pipelines.pop(event.pipeline, None)
+            state.jobs.pop(event.pipeline, None)
+        case JobCreated():
+            state.jobs[event.pipeline][event.job] = Job(
+                pipeline=event.pipeline,
+                id=event.job,
+                version=event.version,
+                inputs=list(event.inputs),
+                created=event.created,
+            )
+        case JobStarted():
+            job = state.jobs[event.pipeline][event.job]
+            job.started, job.plan, job.base = event.started, event.plan, event.base
+            job.total, job.skipped, job.to_run = event.total, event.skipped, event.to_run
+        case DatumsQueued():
+            state.jobs[event.pipeline][event.job].queued = True
+        case DatumFinished():
+            job = state.jobs[event.pipeline][event.job]
+            job.results.setdefault(event.datum, event)
+        case JobFinished():
+            job = state.jobs[event.pipeline][event.job]
+            job.final, job.reason, job.finished, job.index = (
+                event.state,
+                event.reason,
+                event.finished,
+                event.index,
+            )
+        case _:
+            raise TypeError(f"the scheduler cannot apply {type(event).__name__}")
+    return state
+
+
+PPS = Projection(
+    name="scheduler",
+    schema="scheduler-1",
+    state_type=PpsState,
+    initial=PpsState,
+    evolve=evolve,
+    event_types=(
+        PipelineCreated,
+        PipelineUpdated,
+        PipelineStopped,
+        PipelineStarted,
+        PipelineDeleted,
+        JobCreated,
+        JobStarted,
+        DatumsQueued,
+        DatumFinished,
+        JobFinished,
+    ),
+)
+
+# --- lookups ---------------------------------------------------------------------------------------
+
+
+def pipeline_of(state: PpsState, name: str) -> Pipeline:
+    pipeline = state.pipelines.get(name)
+    if pipeline is None:
+        raise NotFound(f'pipeline "{name}" not found')
+    return pipeline
+
+
+def job_of(state: PpsState, pipeline: str, job: str) -> Job:
+    found = state.jobs.get(pipeline_of(state, pipeline).name, {}).get(job)
+    if found is None:
+        raise NotFound(f'job {job} of pipeline "{pipeline}" not found')
+    return found
+
+
+def input_sources(spec: PipelineSpec) -> list[str]:
+    """The branches a pipeline reads, as provenance: "repo@branch", sorted, once each."""
+    return sorted({f"{p.repo}@{p.branch}" for p in pfs_inputs(spec.input)})
+
+
+def describe_input(spec_input: Input) -> str:
+    """How `list pipeline` shows an input: `data:/*`, `cross(a:/*, b:/)`, `union(a:/*, b:/*)`."""
+    if spec_input.pfs is not None:
+        return f"{spec_input.pfs.repo}:{spec_input.pfs.glob}"
+    members = spec_input.cross if spec_input.cross is not None else spec_input.union or []
+    kind = "cross" if spec_input.cross is not None else "union"
+    return f"{kind}(" + ", ".join(describe_input(m) for m in members) + ")"
+
+
+def pipeline_info(state: PpsState, pipeline: Pipeline) -> PipelineInfo:
+    jobs = list(state.jobs.get(pipeline.name, {}).values())
+    last = jobs[-1] if jobs else None
+    return PipelineInfo(
+        name=pipeline.name,
+        version=pipeline.version,
+        state=pipeline.state,
+        created=pipeline.created,
+        updated=pipeline.updated,
+        input=describe_input(pipeline.spec.input),
+        output_branch=pipeline.spec.output_branch,
+        description=pipeline.spec.description,
+        last_job=last.state if last else "",
+        last_job_id=last.id if last else "",
+        spec=pipeline.spec,
+        salt=pipeline.salt,
+    )
+
+
+def job_info(job: Job) -> JobInfo:
+    processed = job.count(DATUM_SUCCESS)
+    return JobInfo(
+        pipeline=job.pipeline,
+        id=job.id,
+        state=job.state,
+        version=job.version,
+        created=job.created,
+        started=job.started,
+        finished=job.finished,
+        reason=job.reason,
+        inputs=job.inputs,
+        data_total=job.total,
+        data_processed=processed,
+        data_skipped=job.skipped,
+        data_failed=job.count(DATUM_FAILED),
+        data_recovered=job.count(DATUM_RECOVERED),
+        download_bytes=sum(r.download_bytes for r in job.results.values()),
+        upload_bytes=sum(r.upload_bytes for r in job.results.values()),
+        restarts=sum(max(0, r.attempts - 1) for r in job.results.values()),
+        base=job.base,
+    )
+
+
+def list_jobs(state: PpsState, pipeline: str = "", input_commit: str = "") -> list[JobInfo]:
+    """Newest first; with `input_commit`, the jobs that read it or are named after it."""
+    if pipeline:
+        pipeline_of(state, pipeline)
+    out = []
+    for name, jobs in state.jobs.items():
+        if pipeline and name != pipeline:
+            continue
+        for job in jobs.values():
+            if input_commit and job.id != input_commit and all(i.commit != input_commit for i in job.inputs):
+                continue
+            out.append(job)
+    out.sort(key=lambda j: j.created, reverse=True)
+    return [job_info(j) for j in out]
+
+
+# --- pipeline decisions ----------------------------------------------------------------------------
+
+
+def _check_inputs(view: FsView, spec: PipelineSpec) -> None:
+    for pfs in pfs_inputs(spec.input):
+        if pfs.repo not in view.repos:
+            raise NotFound(f'pipeline "{spec.name}": input repo "{pfs.repo}" not found; create it first')
+        if pfs.repo == spec.name:
+            raise UserError(f'pipeline "{spec.name}" cannot read its own output repo')
+
+
+def decide_create_pipeline(
+    state: PpsState, view: FsView, spec: PipelineSpec, *, salt: str, now: datetime
+) -> Writes:
+    if spec.name in state.pipelines:
+        raise AlreadyExists(
+            f'pipeline "{spec.name}" already exists; use `hwctl update pipeline` to change it'
+        )
+    if spec.name in view.repos:
+        raise AlreadyExists(
+            f'a repo named "{spec.name}" already exists; a pipeline writes to a repo of its own name'
+        )
+    _check_inputs(view, spec)
+    return {
+        subjects.pipeline_events(spec.name): [
+            PipelineCreated(pipeline=spec.name, spec=spec, salt=salt, created=now)
+        ]
+    }
+
+
+def _kill_unfinished(state: PpsState, pipeline: str, reason: str, now: datetime) -> list[Event]:
+    return [
+        JobFinished(pipeline=pipeline, job=job.id, state=KILLED, reason=reason, finished=now)
+        for job in state.jobs.get(pipeline, {}).values()
+        if not job.final
+    ]
+
+
+def decide_update_pipeline(
+    state: PpsState, view: FsView, spec: PipelineSpec, *, reprocess: bool, new_salt: str, now: datetime
+) -> Writes:
+    pipeline = pipeline_of(state, spec.name)
+    _check_inputs(view, spec)
+    old = pipeline.spec
+    if input_sources(spec) != input_sources(old):
+        raise UserError(
+            f'pipeline "{spec.name}" reads {", ".join(input_sources(old))}; an update cannot change '
+            "which branches it reads (yet): delete the pipeline and create it again"
+        )
+    if spec.output_branch != old.output_branch:
+        raise UserError(
+            f'pipeline "{spec.name}" writes to branch "{old.output_branch}"; '
+            "an update cannot change output_branch"
+        )
+    return {
+        subjects.pipeline_events(spec.name): [
+            PipelineUpdated(
+                pipeline=spec.name,
+                version=pipeline.version + 1,
+                spec=spec,
+                salt=new_salt if reprocess else pipeline.salt,
+                reprocess=reprocess,
+                updated=now,
+            )
+        ],
+        subjects.job_events(spec.name): _kill_unfinished(state, spec.name, KILLED_BY_UPDATE, now),
+    }
+
+
+def decide_delete_pipeline(state: PpsState, name: str, now: datetime) -> Writes:
+    pipeline_of(state, name)
+    for other in state.pipelines.values():
+        if other.name != name and any(p.repo == name for p in pfs_inputs(other.spec.input)):
+            raise UserError(f'pipeline "{other.name}" reads the output of "{name}"; delete it first')
+    return {
+        subjects.job_events(name): _kill_unfinished(state, name, KILLED_BY_DELETE, now),
+        subjects.pipeline_events(name): [PipelineDeleted(pipeline=name, deleted=now)],
+    }
+
+
+def decide_stop_pipeline(state: PpsState, name: str, now: datetime) -> list[Event]:
+    if pipeline_of(state, name).state == PIPELINE_PAUSED:
+        return []
+    return [PipelineStopped(pipeline=name, stopped=now)]
+
+
+def decide_start_pipeline(state: PpsState, name: str, now: datetime) -> list[Event]:
+    if pipeline_of(state, name).state == PIPELINE_RUNNING:
+        return []
+    return [PipelineStarted(pipeline=name, started=now)]
+
+
+# --- jobs ------------------------------------------------------------------------------------------
+
+
+def job_inputs(spec: PipelineSpec, commit: CommitView) -> list[JobInput]:
+    """Each pfs input of the spec, in order, with the commit the output commit was opened on."""
+    heads = commit.inputs or {}
+    return [
+        JobInput(
+            name=input_name(p), repo=p.repo, branch=p.branch, commit=heads.get(f"{p.repo}@{p.branch}", "")
+        )
+        for p in pfs_inputs(spec.input)
+    ]
+
+
+def new_jobs(state: PpsState, view: FsView) -> Iterator[JobCreated]:
+    """A job for every open output commit of a pipeline that has none yet (`created` is left for
+    the caller to set)."""
+    for name, pipeline in state.pipelines.items():
+        repo = view.repos.get(name)
+        if repo is None:
+            continue
+        jobs = state.jobs.get(name, {})
+        for commit_id in repo.outputs:
+            commit = repo.commits.get(commit_id)
+            if commit_id in jobs or commit is None or commit.finished:
+                continue
+            if commit.branch != pipeline.spec.output_branch:
+                continue
+            yield JobCreated(
+                pipeline=name,
+                job=commit_id,
+                version=pipeline.version,
+                inputs=job_inputs(pipeline.spec, commit),
+                created=datetime.min,
+            )
+
+
+def input_problem(view: FsView, job: Job) -> tuple[bool, str]:
+    """(ready, reason it can never run): ready once every input commit is finished."""
+    for given in job.inputs:
+        repo = view.repos.get(given.repo)
+        commit = repo.commits.get(given.commit) if repo is not None else None
+        if commit is None:
+            return True, f'input commit {given.commit or "(none)"} of repo "{given.repo}" is gone'
+        if not commit.finished:
+            return False, ""
+        if commit.error:
+            return True, f"unrunnable because the following upstream pipelines failed: {given.repo}"
+    return True, ""
+
+
+def next_job(state: PpsState, pipeline: str) -> Job | None:
+    """The job to start next: the oldest not started, once every earlier job has finished."""
+    if state.pipelines[pipeline].state == PIPELINE_PAUSED:
+        return None
+    for job in state.jobs.get(pipeline, {}).values():
+        if job.final:
+            continue
+        return job if job.started is None else None
+    return None
+
+
+def base_job(state: PpsState, pipeline: str, before: str) -> Job | None:
+    """The newest successful job before `before`: skipped datums keep its outputs."""
+    base = None
+    for job in state.jobs.get(pipeline, {}).values():
+        if job.id == before:
+            break
+        if job.final == "success" and job.index:
+            base = job
+    return base
+
+
+def failure_reason(job: Job) -> str:
+    failed = [r for r in job.results.values() if r.state == DATUM_FAILED]
+    if not failed:
+        return ""
+    more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+    first = failed[0]
+    why = f": {first.reason}" if first.reason else ""
+    return f"datum {first.datum} failed{why}{more}"
+
+
+def jobs_to_finish(state: PpsState) -> Iterator[Job]:
+    for jobs in state.jobs.values():
+        for job in jobs.values():
+            if not job.final and job.queued and job.all_reported:
+                yield job
+
+
+def unfinished_outputs(state: PpsState, view: FsView) -> Iterator[Job]:
+    """Finished jobs whose output commit the file store still holds open (a stop in between)."""
+    for name, jobs in state.jobs.items():
+        repo = view.repos.get(name)
+        if repo is None:
+            continue
+        for job in jobs.values():
+            commit = repo.commits.get(job.id)
+            if job.final in FINAL_STATES and commit is not None and not commit.finished:
+                yield job
+
+
+def decide_record_datum(state: PpsState, result: DatumFinished) -> list[Event]:
+    job = state.jobs.get(result.pipeline, {}).get(result.job)
+    if job is None or job.final or result.datum in job.results:
+        return []  # a report for a job that is over, or a repeat: nothing to add
+    if result.state not in (DATUM_SUCCESS, DATUM_FAILED, DATUM_RECOVERED):
+        raise UserError(f'datum state "{result.state}" is not one a worker reports')
+    return [result]
+
+
+def decide_job_failed(job: Job, reason: str, now: datetime) -> list[Event]:
+    if job.final:
+        return []
+    return [JobFinished(pipeline=job.pipeline, job=job.id, state=FAILURE, reason=reason, finished=now)]
+
+
+def decide_job_started(job: Job, started: JobStarted) -> list[Event]:
+    return [] if job.started is not None or job.final else [started]
+
+
+def decide_queued(job: Job) -> list[Event]:
+    return [] if job.queued or job.final else [DatumsQueued(pipeline=job.pipeline, job=job.id)]
+
+
+def decide_job_finished(job: Job, finished: JobFinished) -> list[Event]:
+    return [] if job.final else [finished]

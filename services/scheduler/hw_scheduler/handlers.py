@@ -1,13 +1,521 @@
-"""The scheduler service's command handlers (none yet: it answers health only)."""
+"""The scheduler's command handlers and its loop: bus messages in, storage reads, events out.
+
+Commands create, update, stop, start and delete pipelines, take workers' datum reports and answer
+queries. The loop (`Scheduling`) moves every job forward from what the log says, one idempotent
+step at a time, so a scheduler stopped at any point carries on from the log when it starts again:
+
+    open output commit (fs) -> JobCreated -> plan datums -> JobStarted -> queue tasks -> DatumsQueued
+    -> workers report (RecordDatum -> DatumFinished) -> merge outputs -> finish commit (fs) -> JobFinished
+
+Every step checks the state it is about to change and has an id derived from what it does, so
+doing a step twice (a restart, a retry) lands once.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import uuid
 from collections.abc import Mapping
+from typing import Any, cast
 
+import msgspec
+
+from hw_events import datum_queue, fs, subjects
 from hw_events.bus import Handler
-from hw_events.messages import Command
+from hw_events.errors import AlreadyExists, HeadwaterError, NotFound, ServiceUnavailable, UserError
+from hw_events.messages import Command, Event, utcnow
+from hw_events.pipeline_spec import PipelineSpec, parse_pipeline_spec, pfs_inputs
+from hw_events.pps import (
+    DATUM_PENDING,
+    DATUM_SKIPPED,
+    DATUM_SUCCESS,
+    SUCCESS,
+    CreatePipeline,
+    DatumIndex,
+    DatumInfo,
+    DatumPlan,
+    DatumTask,
+    DeletePipeline,
+    IndexedDatum,
+    InspectJob,
+    InspectPipeline,
+    JobFinished,
+    JobInfo,
+    JobStarted,
+    ListDatums,
+    ListJobs,
+    ListPipelines,
+    PipelineInfo,
+    RecordDatum,
+    StartPipeline,
+    StopPipeline,
+    TaskInput,
+    WaitJob,
+)
+from hw_events.projection import Projector
 from hw_events.service import Runtime
+from hw_events.trigger_conditions import parse_duration
+from hw_events.workqueue import WorkQueue
+from hw_scheduler import datums, domain
+from hw_scheduler.blobs import JobBlobs
+from hw_scheduler.domain import FsView, Job, PpsState
+from hw_storage.config import open_store
+
+WAIT_AT_MOST = 60.0  # seconds one wait_job request waits; clients ask again
+RETRY_AFTER = 0.5  # seconds before a step that failed is tried again
+LOOK_AGAIN = 1.0  # seconds between passes when nothing wakes the loop
+
+
+def step_id(*parts: str) -> str:
+    """A command id for one step of one job: the same step always has the same id."""
+    return fs.commit_id_for(":".join(parts))
+
+
+class Scheduler:
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.pps = cast(Projector[PpsState], rt.projector(domain.PPS.name))
+        self.fs = cast(Projector[FsView], rt.projector(domain.FS_VIEW.name))
+        self.blobs = JobBlobs(open_store())
+        self.queue = WorkQueue(rt.nc, datum_queue.DATUMS)
+        self.log = rt.log.bind(component="scheduling")
+        self.poke = asyncio.Event()
+
+    # --- pipelines ---------------------------------------------------------------------------------
+
+    async def create_pipeline(self, command: CreatePipeline) -> PipelineInfo:
+        spec = parse_pipeline_spec(command.spec)
+        for pfs_input in pfs_inputs(spec.input):
+            if pfs_input.trigger is not None:
+                raise UserError(
+                    f'pipeline "{spec.name}": input.pfs.trigger is not supported yet; give the input '
+                    f"branch a trigger instead (`hwctl create branch {pfs_input.repo}@{pfs_input.branch} "
+                    f"--trigger ...`)"
+                )
+        now = utcnow()
+        if command.update:
+            if spec.name not in self.pps.state.pipelines:
+                if command.reprocess:
+                    domain.pipeline_of(self.pps.state, spec.name)  # NotFound: nothing to reprocess
+                return await self._create(command, spec)
+            new_salt = uuid.uuid4().hex
+            await self.rt.execute_across(
+                self.pps,
+                command.id,
+                lambda s: domain.decide_update_pipeline(
+                    s, self.fs.state, spec, reprocess=command.reprocess, new_salt=new_salt, now=now
+                ),
+            )
+            await self.finish_failed_outputs()
+            await self.rt.bus.request(
+                fs.SERVICE,
+                fs.OpenOutputCommit(
+                    id=step_id("open-output", command.id), repo=spec.name, branch=spec.output_branch
+                ),
+            )
+            self.poke.set()
+            return domain.pipeline_info(self.pps.state, domain.pipeline_of(self.pps.state, spec.name))
+        return await self._create(command, spec)
+
+    async def _create(self, command: CreatePipeline, spec: PipelineSpec) -> PipelineInfo:
+        salt, now = uuid.uuid4().hex, utcnow()
+        await self.rt.execute_across(
+            self.pps,
+            command.id,
+            lambda s: domain.decide_create_pipeline(s, self.fs.state, spec, salt=salt, now=now),
+        )
+        await self.ensure_output(spec)
+        self.poke.set()
+        return domain.pipeline_info(self.pps.state, domain.pipeline_of(self.pps.state, spec.name))
+
+    async def ensure_output(self, spec: PipelineSpec) -> None:
+        """The pipeline's output repo and branch in fs, following its input branches (created empty
+        when missing, as a user would expect of a pipeline on a new repo)."""
+        view = self.fs.state
+        for source in domain.input_sources(spec):
+            repo, _, branch = source.partition("@")
+            if repo in view.repos and branch not in view.repos[repo].branches:
+                await self._fs(
+                    fs.CreateBranch(id=step_id("input-branch", spec.name, source), repo=repo, branch=branch)
+                )
+        if spec.name not in view.repos:
+            await self._fs(fs.CreateRepo(id=step_id("output-repo", spec.name), repo=spec.name))
+        if spec.output_branch not in self.fs.state.repos.get(spec.name, domain.RepoView()).branches:
+            await self._fs(
+                fs.CreateBranch(
+                    id=step_id("output-branch", spec.name),
+                    repo=spec.name,
+                    branch=spec.output_branch,
+                    provenance=domain.input_sources(spec),
+                )
+            )
+
+    async def _fs(self, command: Command) -> None:
+        """Send a command to fs; one that finds its work done (a concurrent step) is fine. Returns
+        once this service's view of the file store has seen the result."""
+        with contextlib.suppress(AlreadyExists):
+            await self.rt.bus.request(fs.SERVICE, command)
+        await self._catch_up_fs()
+
+    async def _catch_up_fs(self) -> None:
+        last = await self.rt.store.last_sequence(self.fs.stream.name, self.fs.subjects)
+        await self.fs.wait_for(last)
+
+    async def delete_pipeline(self, command: DeletePipeline) -> None:
+        now = utcnow()
+        await self.rt.execute_across(
+            self.pps, command.id, lambda s: domain.decide_delete_pipeline(s, command.pipeline, now)
+        )
+        if not command.keep_repo and command.pipeline in self.fs.state.repos:
+            try:
+                await self._fs(
+                    fs.DeleteRepo(id=step_id("delete-output", command.id), repo=command.pipeline, force=True)
+                )
+            except NotFound:
+                pass
+
+    async def stop_pipeline(self, command: StopPipeline) -> PipelineInfo:
+        now = utcnow()
+        await self.rt.execute(
+            self.pps,
+            subjects.pipeline_events(command.pipeline),
+            command.id,
+            lambda s: domain.decide_stop_pipeline(s, command.pipeline, now),
+        )
+        return domain.pipeline_info(self.pps.state, domain.pipeline_of(self.pps.state, command.pipeline))
+
+    async def start_pipeline(self, command: StartPipeline) -> PipelineInfo:
+        now = utcnow()
+        await self.rt.execute(
+            self.pps,
+            subjects.pipeline_events(command.pipeline),
+            command.id,
+            lambda s: domain.decide_start_pipeline(s, command.pipeline, now),
+        )
+        self.poke.set()
+        return domain.pipeline_info(self.pps.state, domain.pipeline_of(self.pps.state, command.pipeline))
+
+    async def inspect_pipeline(self, query: InspectPipeline) -> PipelineInfo:
+        return domain.pipeline_info(self.pps.state, domain.pipeline_of(self.pps.state, query.pipeline))
+
+    async def list_pipelines(self, _: ListPipelines) -> list[PipelineInfo]:
+        state = self.pps.state
+        infos = [domain.pipeline_info(state, p) for p in state.pipelines.values()]
+        return sorted(infos, key=lambda p: p.created, reverse=True)
+
+    # --- jobs and datums ---------------------------------------------------------------------------
+
+    async def record_datum(self, command: RecordDatum) -> None:
+        result = command.result
+        job = self.pps.state.jobs.get(result.pipeline, {}).get(result.job)
+        if job is None or job.final:
+            return  # the job is over (killed, deleted): the report changes nothing
+        if job.plan and result.datum not in await asyncio.to_thread(self.blobs.plan_ids, job.plan):
+            raise UserError(f"datum {result.datum} is not a datum of job {result.job}")
+        await self.rt.execute(
+            self.pps,
+            subjects.job_events(result.pipeline),
+            command.id,
+            lambda s: domain.decide_record_datum(s, result),
+        )
+        self.poke.set()
+
+    async def list_jobs(self, query: ListJobs) -> list[JobInfo]:
+        jobs = domain.list_jobs(self.pps.state, query.pipeline, query.input_commit)
+        return jobs[: query.limit] if query.limit else jobs
+
+    async def inspect_job(self, query: InspectJob) -> JobInfo:
+        return domain.job_info(domain.job_of(self.pps.state, query.pipeline, query.job))
+
+    async def wait_job(self, query: WaitJob) -> JobInfo:
+        domain.job_of(self.pps.state, query.pipeline, query.job)
+
+        def over(state: PpsState) -> bool:
+            job = state.jobs.get(query.pipeline, {}).get(query.job)
+            return job is None or bool(job.final)
+
+        patience = min(query.timeout or WAIT_AT_MOST, WAIT_AT_MOST)
+        await self.pps.wait_until(over, patience, f"job {query.job} to finish")
+        return domain.job_info(domain.job_of(self.pps.state, query.pipeline, query.job))
+
+    async def list_datums(self, query: ListDatums) -> list[DatumInfo]:
+        job = domain.job_of(self.pps.state, query.pipeline, query.job)
+        if not job.plan:
+            return []
+        plan = await asyncio.to_thread(self.blobs.plan, job.plan)
+        out = []
+        for planned in plan.datums:
+            result = job.results.get(planned.id)
+            state = DATUM_SKIPPED if planned.skip else result.state if result else DATUM_PENDING
+            out.append(
+                DatumInfo(
+                    id=planned.id,
+                    state=state,
+                    files=[f"{job.inputs[p.input].name}:{p.path}" for p in planned.parts],
+                    seconds=result.seconds if result else 0.0,
+                    attempts=result.attempts if result else 0,
+                    reason=result.reason if result else "",
+                )
+            )
+        return out
+
+    # --- the loop ----------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        while not self.rt.stopping.is_set():
+            marks = (self.pps.applied, self.fs.applied)
+            self.poke.clear()
+            try:
+                await self.step()
+            except HeadwaterError as err:
+                self.log.warning("scheduling_postponed", error=err.message)
+                await self._sleep(RETRY_AFTER)
+                continue
+            except Exception:  # a bug must not end scheduling for good: say so, go on
+                self.log.exception("scheduling_failed")
+                await self._sleep(RETRY_AFTER)
+                continue
+            if (self.pps.applied, self.fs.applied) == marks:
+                await self._wait_for_news(marks)
+
+    async def step(self) -> None:
+        await self.ensure_outputs()
+        await self.create_jobs()
+        await self.finish_failed_outputs()
+        for name in list(self.pps.state.pipelines):
+            job = domain.next_job(self.pps.state, name)
+            if job is not None:
+                await self.start_job(job)
+        for jobs in list(self.pps.state.jobs.values()):
+            for job in list(jobs.values()):
+                if job.started is not None and not job.queued and not job.final:
+                    await self.queue_job(job)
+        for job in list(domain.jobs_to_finish(self.pps.state)):
+            await self.finish_job(job)
+
+    async def ensure_outputs(self) -> None:
+        for pipeline in list(self.pps.state.pipelines.values()):
+            repo = self.fs.state.repos.get(pipeline.name)
+            if repo is None or pipeline.spec.output_branch not in repo.branches:
+                await self.ensure_output(pipeline.spec)
+
+    async def create_jobs(self) -> None:
+        for created in list(domain.new_jobs(self.pps.state, self.fs.state)):
+            event = msgspec.structs.replace(created, created=utcnow())
+
+            def decide(s: PpsState, event: Any = event) -> list[Event]:
+                return [] if event.job in s.jobs.get(event.pipeline, {}) else [event]
+
+            await self.rt.execute(
+                self.pps,
+                subjects.job_events(created.pipeline),
+                step_id("job", created.pipeline, created.job),
+                decide,
+            )
+            self.log.info("job_created", pipeline=created.pipeline, job=created.job)
+
+    async def finish_failed_outputs(self) -> None:
+        """Output commits of failed and killed jobs are finished with the reason as their error."""
+        for job in list(domain.unfinished_outputs(self.pps.state, self.fs.state)):
+            if job.final == SUCCESS:
+                continue  # finish_job finishes those, with their output
+            await self._fs(
+                fs.FinishOutputCommit(
+                    id=step_id("finish-output", job.pipeline, job.id),
+                    repo=job.pipeline,
+                    commit=job.id,
+                    error=f"{job.final}: {job.reason}" if job.reason else job.final,
+                )
+            )
+
+    async def start_job(self, job: Job) -> None:
+        ready, problem = domain.input_problem(self.fs.state, job)
+        if not ready:
+            return
+        if problem:
+            await self._job_event(job, "unrunnable", domain.decide_job_failed(job, problem, utcnow()))
+            return
+        pipeline = self.pps.state.pipelines[job.pipeline]
+        spec = pipeline.specs[job.version]
+        base = domain.base_job(self.pps.state, job.pipeline, job.id)
+        planned = await asyncio.to_thread(self._plan, job, spec, pipeline.salt, base.index if base else "")
+        skipped = sum(1 for d in planned.datums if d.skip)
+        key = await asyncio.to_thread(self.blobs.save_plan, planned)
+        started = JobStarted(
+            pipeline=job.pipeline,
+            job=job.id,
+            started=utcnow(),
+            plan=key,
+            base=base.id if base else None,
+            total=len(planned.datums),
+            skipped=skipped,
+            to_run=len(planned.datums) - skipped,
+        )
+        await self._job_event(job, "start", domain.decide_job_started(job, started))
+        self.log.info("job_started", pipeline=job.pipeline, job=job.id, total=started.total, skipped=skipped)
+
+    def _plan(self, job: Job, spec: PipelineSpec, salt: str, base_index: str) -> DatumPlan:
+        parts = {}
+        for i, given in enumerate(job.inputs):
+            commit = self.fs.state.repos[given.repo].commits[given.commit]
+            parts[i] = self.blobs.input_parts(commit.layers, pfs_inputs(spec.input)[i].glob, i)
+        base = self.blobs.index(base_index) if base_index else None
+        return DatumPlan(
+            datums.plan(
+                spec.input,
+                job.inputs,
+                parts,
+                salt=salt,
+                base=base,
+                reprocess_every_job=spec.reprocess_spec == "every_job",
+            )
+        )
+
+    async def queue_job(self, job: Job) -> None:
+        plan = await asyncio.to_thread(self.blobs.plan, job.plan)
+        spec = self.pps.state.pipelines[job.pipeline].specs[job.version]
+        timeout = parse_duration(spec.datum_timeout).total_seconds() if spec.datum_timeout else 0.0
+        trees = {
+            i: list(self.fs.state.repos[given.repo].commits[given.commit].layers)
+            for i, given in enumerate(job.inputs)
+        }
+        subject = datum_queue.datum_subject(job.pipeline)
+        for planned in plan.datums:
+            if planned.skip or planned.id in job.results:
+                continue
+            task = DatumTask(
+                pipeline=job.pipeline,
+                job=job.id,
+                datum=planned.id,
+                inputs=[
+                    TaskInput(
+                        name=job.inputs[p.input].name,
+                        repo=job.inputs[p.input].repo,
+                        branch=job.inputs[p.input].branch,
+                        commit=job.inputs[p.input].commit,
+                        path=p.path,
+                        layers=trees[p.input],
+                    )
+                    for p in planned.parts
+                ],
+                transform=spec.transform,
+                image=spec.transform.image,
+                datum_tries=spec.datum_tries,
+                datum_timeout=timeout,
+            )
+            await self.queue.submit(subject, _encode(task), msg_id=f"{job.id}:{planned.id}")
+        await self._job_event(job, "queued", domain.decide_queued(job))
+
+    async def finish_job(self, job: Job) -> None:
+        now = utcnow()
+        reason = domain.failure_reason(job)
+        if reason:
+            await self._job_event(job, "finish", domain.decide_job_failed(job, reason, now))
+            await self.finish_failed_outputs()
+            return
+        try:
+            tree, index_key = await asyncio.to_thread(self._merge, job)
+        except datums.OutputCollision as collision:
+            await self._job_event(job, "finish", domain.decide_job_failed(job, str(collision), now))
+            await self.finish_failed_outputs()
+            return
+        commit = self.fs.state.repos.get(job.pipeline, domain.RepoView()).commits.get(job.id)
+        if commit is not None and not commit.finished:
+            await self._fs(
+                fs.FinishOutputCommit(
+                    id=step_id("finish-output", job.pipeline, job.id),
+                    repo=job.pipeline,
+                    commit=job.id,
+                    layers=tree,
+                )
+            )
+        finished = JobFinished(
+            pipeline=job.pipeline, job=job.id, state=SUCCESS, finished=now, index=index_key
+        )
+        await self._job_event(job, "finish", domain.decide_job_finished(job, finished))
+        self.log.info("job_finished", pipeline=job.pipeline, job=job.id, state=SUCCESS)
+
+    def _merge(self, job: Job) -> tuple[list[str], str]:
+        """The job's output tree and its datum index: run datums' outputs, and the base job's for
+        skipped ones."""
+        plan = self.blobs.plan(job.plan)
+        base = self.blobs.index(self.pps.state.jobs[job.pipeline][job.base].index) if job.base else None
+        outputs: list[tuple[str, str]] = []
+        index: dict[str, IndexedDatum] = {}
+        for planned in plan.datums:
+            if planned.skip and base is not None:
+                kept = base.datums[planned.id]
+                outputs.append((planned.id, kept.output))
+                index[planned.id] = IndexedDatum(planned.hash, DATUM_SUCCESS, kept.output)
+                continue
+            result = job.results[planned.id]
+            output = result.output if result.state == DATUM_SUCCESS else ""
+            outputs.append((planned.id, output))
+            index[planned.id] = IndexedDatum(planned.hash, result.state, output)
+        tree, _ = self.blobs.merged_output(outputs)
+        return tree, self.blobs.save_index(DatumIndex(index))
+
+    async def _job_event(self, job: Job, step: str, events: list[Event]) -> None:
+        if not events:
+            return
+        await self.rt.execute(
+            self.pps, subjects.job_events(job.pipeline), step_id(step, job.pipeline, job.id), lambda _: events
+        )
+
+    async def _wait_for_news(self, marks: tuple[int, int]) -> None:
+        waits = [
+            asyncio.ensure_future(
+                self.pps.wait_until(
+                    lambda _: self.pps.applied != marks[0] and self.pps.pending == 0, LOOK_AGAIN, "news"
+                )
+            ),
+            asyncio.ensure_future(
+                self.fs.wait_until(
+                    lambda _: self.fs.applied != marks[1] and self.fs.pending == 0, LOOK_AGAIN, "news"
+                )
+            ),
+            asyncio.ensure_future(self.poke.wait()),
+            asyncio.ensure_future(self.rt.stopping.wait()),
+        ]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+            for w in waits:
+                try:
+                    await w
+                except (asyncio.CancelledError, ServiceUnavailable):
+                    pass
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self.rt.stopping.wait(), seconds)
+        except TimeoutError:
+            pass
+
+    def table(self) -> Mapping[type[Command], Handler]:
+        return {
+            CreatePipeline: self.create_pipeline,
+            DeletePipeline: self.delete_pipeline,
+            StopPipeline: self.stop_pipeline,
+            StartPipeline: self.start_pipeline,
+            InspectPipeline: self.inspect_pipeline,
+            ListPipelines: self.list_pipelines,
+            RecordDatum: self.record_datum,
+            ListJobs: self.list_jobs,
+            InspectJob: self.inspect_job,
+            WaitJob: self.wait_job,
+            ListDatums: self.list_datums,
+        }
+
+
+def _encode(value: Any) -> bytes:
+    return msgspec.json.encode(value)
 
 
 def setup(rt: Runtime) -> Mapping[type[Command], Handler]:
-    return {}
+    scheduler = Scheduler(rt)
+    rt.background(scheduler.run)
+    return scheduler.table()

@@ -9,7 +9,7 @@ SPEC = service.ServiceSpec(
     name="scheduler",
     replays=[
         service.Replay(streams.FS, domain.FS_VIEW),
-        service.Replay(streams.PPS, domain.OWN),
+        service.Replay(streams.PPS, domain.PPS),
     ],
     setup=handlers.setup,
 )

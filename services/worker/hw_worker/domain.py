@@ -1,17 +1,44 @@
-"""The worker service's state and decisions: pure, no I/O.
-
-Running datums comes with issue 5; for now it reads the pipeline definitions.
-"""
+"""The worker's decisions: pure, no I/O. What user code's environment holds, what it reads on
+stdin, and what a datum's attempts add up to."""
 
 from __future__ import annotations
 
-import msgspec
+from collections.abc import Mapping, Sequence
 
-from hw_events.projection import reading_only
+from hw_events.pps import DATUM_FAILED, DATUM_RECOVERED, DatumTask
+
+# Settings of Headwater's own processes that user code has no business seeing.
+_PRIVATE_PREFIXES = ("HW_", "NATS_", "AWS_SECRET", "MINIO_")
 
 
-class WorkerState(msgspec.Struct, kw_only=True):
-    """Nothing is kept yet: this service knows no event types of the streams it reads."""
+def datum_env(task: DatumTask, pfs: str, base: Mapping[str, str], worker: str) -> dict[str, str]:
+    """User code's environment: the worker's (minus Headwater's settings), each input's datum path
+    (`$<input>`) and commit (`$<input>_COMMIT`), the ids under Headwater's names and Pachyderm's,
+    and the spec's `transform.env` last (it wins)."""
+    env = {k: v for k, v in base.items() if not k.startswith(_PRIVATE_PREFIXES)}
+    for given in task.inputs:
+        env[given.name] = f"{pfs}/{given.name}{'' if given.path == '/' else given.path}"
+        env[f"{given.name}_COMMIT"] = given.commit
+    ids = {
+        "JOB_ID": task.job,
+        "DATUM_ID": task.datum,
+        "OUTPUT_COMMIT_ID": task.job,  # a job is named after its output commit
+    }
+    for key, value in ids.items():
+        env[f"HW_{key}"] = value
+        env[f"PACH_{key}"] = value
+    env["HW_PIPELINE"] = env["PPS_PIPELINE_NAME"] = task.pipeline
+    env["HW_PFS"] = pfs
+    env["HW_WORKER"] = worker
+    env.update(task.transform.env)
+    return env
 
 
-PIPELINES = reading_only("worker-pipelines", "worker-0", WorkerState)
+def stdin_of(lines: Sequence[str]) -> bytes:
+    """`transform.stdin` lines joined by newlines, with a trailing one (as Pachyderm feeds them)."""
+    return ("\n".join(lines) + "\n").encode() if lines else b""
+
+
+def after_failures(err_cmd_ok: bool | None) -> str:
+    """Every attempt failed: with `err_cmd` (ran: True/False) it decides; without it, FAILED."""
+    return DATUM_RECOVERED if err_cmd_ok else DATUM_FAILED

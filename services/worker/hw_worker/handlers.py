@@ -1,13 +1,187 @@
-"""The worker service's command handlers (none yet: it answers health only)."""
+"""The worker's loop: take datum tasks from the queue, run user code on each, report to the
+scheduler. It takes no commands of its own (it answers health).
+
+A task is acked only after the scheduler has recorded the datum, so a worker killed at any point
+leaves the task to be delivered again (to itself after a restart, or to another worker). The
+report's id comes from the job and datum, so a datum reported twice is recorded once.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import shutil
+import tempfile
+import time
+import uuid
 from collections.abc import Mapping
+from typing import Any
 
+import msgspec
+
+from hw_events import datum_queue, pps, subjects
 from hw_events.bus import Handler
-from hw_events.messages import Command
+from hw_events.errors import TransientError, UserError
+from hw_events.fs import commit_id_for
+from hw_events.messages import Command, utcnow
+from hw_events.pps import DATUM_SUCCESS, DatumFinished, DatumTask, LogLine, RecordDatum
 from hw_events.service import Runtime
+from hw_events.workqueue import Task, WorkQueue
+from hw_storage.config import open_store
+from hw_worker import domain, runner
+from hw_worker.pfs import Scratch
+
+REPORT_FOR = 120.0  # seconds a report is retried while the scheduler does not answer
+_log_encoder = msgspec.json.Encoder()
+
+
+class Worker:
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.queue = WorkQueue(rt.nc, datum_queue.DATUMS)
+        scratch = os.environ.get("HW_WORKER_SCRATCH") or os.path.join(
+            tempfile.gettempdir(), f"hw-worker-{os.getpid()}"
+        )
+        self.scratch = Scratch(open_store(), scratch)
+        self.isolation = runner.choose_isolation(os.environ.get("HW_WORKER_ISOLATION", ""))
+        self.concurrency = int(os.environ.get("HW_WORKER_CONCURRENCY", "2"))
+        self.log = rt.log.bind(component="worker", isolation=self.isolation.mode)
+
+    async def run(self) -> None:
+        await self.queue.ensure()
+        self.log.info("worker_taking_datums", concurrency=self.concurrency)
+        await self.queue.run(
+            self.handle, stop=self.rt.stopping, concurrency=self.concurrency, on_dead=self.given_up
+        )
+
+    async def handle(self, task: Task) -> None:
+        try:
+            datum = task.decode(DatumTask)
+        except (msgspec.ValidationError, msgspec.DecodeError) as err:
+            raise UserError(f"malformed datum task: {err}") from None
+        result = await self.process(datum)
+        await self.report(result)
+
+    async def given_up(self, task: Task, reason: str) -> None:
+        """A task dead-lettered (its workers kept dying): the datum fails, so its job can end."""
+        try:
+            datum = task.decode(DatumTask)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            return
+        await self.report(self.result(datum, pps.DATUM_FAILED, reason=reason, attempts=task.attempt))
+
+    def result(self, task: DatumTask, state: str, **fields: Any) -> DatumFinished:
+        return DatumFinished(
+            pipeline=task.pipeline,
+            job=task.job,
+            datum=task.datum,
+            state=state,
+            worker=self.rt.instance,
+            **fields,
+        )
+
+    async def process(self, task: DatumTask) -> DatumFinished:
+        name = f"{task.job[:8]}-{task.datum[:12]}-{uuid.uuid4().hex[:6]}"
+        started = time.monotonic()
+        say = self._logger(task)
+        pfs, downloaded = await asyncio.to_thread(self.scratch.prepare, name, task.inputs)
+        try:
+            user_pfs = runner.PFS if self.isolation.mode == runner.NAMESPACE else pfs
+            env = domain.datum_env(task, user_pfs, os.environ, self.rt.instance)
+            transform = task.transform
+            reason = ""
+            for attempt in range(1, task.datum_tries + 1):
+                await asyncio.to_thread(_empty_out, pfs)
+                await say("worker", "beginning to run user code")
+                outcome = await runner.run(
+                    self.isolation.argv(pfs, transform.cmd),
+                    stdin=self.isolation.text(domain.stdin_of(transform.stdin).decode(), pfs).encode(),
+                    env=env,
+                    timeout=task.datum_timeout,
+                    on_line=say,
+                )
+                if outcome.ok(transform.accept_return_code):
+                    await say("worker", f"finished running user code after {outcome.seconds:.3f}s")
+                    out = await asyncio.to_thread(self.scratch.upload_out, pfs)
+                    return self.result(
+                        task,
+                        DATUM_SUCCESS,
+                        output=out.layer,
+                        files=out.files,
+                        download_bytes=downloaded,
+                        upload_bytes=out.bytes,
+                        seconds=time.monotonic() - started,
+                        attempts=attempt,
+                    )
+                reason = (
+                    f"timed out after {task.datum_timeout:g}s (datum_timeout)"
+                    if outcome.code is None
+                    else f"user code exited with code {outcome.code}"
+                )
+                await say("worker", f"errored running user code after {outcome.seconds:.3f}s: {reason}")
+            recovered = None
+            if transform.err_cmd:
+                await say("worker", "running err_cmd")
+                err = await runner.run(
+                    self.isolation.argv(pfs, transform.err_cmd),
+                    stdin=self.isolation.text(domain.stdin_of(transform.err_stdin).decode(), pfs).encode(),
+                    env=env,
+                    timeout=task.datum_timeout,
+                    on_line=say,
+                )
+                recovered = err.ok(())
+            return self.result(
+                task,
+                domain.after_failures(recovered),
+                reason=f"{reason} ({task.datum_tries} tries)",
+                download_bytes=downloaded,
+                seconds=time.monotonic() - started,
+                attempts=task.datum_tries,
+            )
+        finally:
+            await self.rt.nc.flush()
+            await asyncio.to_thread(self.scratch.clean, name)
+
+    def _logger(self, task: DatumTask) -> runner.LineSink:
+        subject = subjects.log_subject(task.pipeline, task.job, task.datum)
+
+        async def say(stream: str, line: str) -> None:
+            entry = LogLine(
+                pipeline=task.pipeline,
+                job=task.job,
+                datum=task.datum,
+                worker=self.rt.instance,
+                stream=stream,
+                ts=utcnow(),
+                message=line,
+                user=stream != "worker",
+            )
+            await self.rt.nc.publish(subject, _log_encoder.encode(entry))
+
+        return say
+
+    async def report(self, result: DatumFinished) -> None:
+        command = RecordDatum(id=commit_id_for(f"datum:{result.job}:{result.datum}"), result=result)
+        deadline = time.monotonic() + REPORT_FOR
+        pause = 0.2
+        while True:
+            try:
+                await self.rt.bus.request(pps.SERVICE, command)
+                return
+            except TransientError as err:
+                if time.monotonic() > deadline:
+                    raise
+                self.log.info("report_postponed", error=err.message)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 2.0)
+
+
+def _empty_out(pfs: str) -> None:
+    out = os.path.join(pfs, "out")
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
 
 
 def setup(rt: Runtime) -> Mapping[type[Command], Handler]:
+    rt.background(Worker(rt).run)
     return {}

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-from hw_events import service, streams, subjects
-from hw_worker import domain, handlers
+from hw_events import service
+from hw_worker import handlers
 
-SPEC = service.ServiceSpec(
-    name="worker",
-    replays=[
-        service.Replay(streams.PPS, domain.PIPELINES, subjects=(subjects.PIPELINE_EVENTS,)),
-    ],
-    setup=handlers.setup,
-)
+# The worker keeps no state of its own: each task carries everything it needs.
+SPEC = service.ServiceSpec(name="worker", setup=handlers.setup)
 
 
 def main() -> None:

@@ -1,0 +1,64 @@
+"""The scheduler's storage adapter: input trees, datum plans and indexes, merged outputs.
+
+Plans and indexes are immutable and named by their content, so they cache without bound checks
+beyond a size limit. Everything here is blocking: call it in a thread.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import msgspec
+
+from hw_events.pps import DatumIndex, DatumPart, DatumPlan
+from hw_scheduler import datums
+from hw_storage import layers
+from hw_storage.blobs import INDEXES, PLANS, BlobStore, content_key
+from hw_storage.trees import TreeCache
+
+_plan_decoder = msgspec.msgpack.Decoder(DatumPlan)
+_index_decoder = msgspec.msgpack.Decoder(DatumIndex)
+_encoder = msgspec.msgpack.Encoder()
+
+
+class JobBlobs:
+    def __init__(self, store: BlobStore) -> None:
+        self.store = store
+        self.trees = TreeCache(store, max_views=32)
+        self.plan = functools.lru_cache(maxsize=64)(self._load_plan)
+        self.index = functools.lru_cache(maxsize=64)(self._load_index)
+        self.plan_ids = functools.lru_cache(maxsize=64)(self._plan_ids)
+
+    def input_parts(self, tree: tuple[str, ...], glob: str, index: int) -> list[DatumPart]:
+        return datums.input_parts(self.trees.view(tree), glob, index)
+
+    def _put(self, kind: str, value: object) -> str:
+        data = _encoder.encode(value)
+        key = content_key(kind, data)
+        self.store.put(key, data)
+        return key
+
+    def save_plan(self, plan: DatumPlan) -> str:
+        return self._put(PLANS, plan)
+
+    def save_index(self, index: DatumIndex) -> str:
+        return self._put(INDEXES, index)
+
+    def _load_plan(self, key: str) -> DatumPlan:
+        return _plan_decoder.decode(self.store.get(key))
+
+    def _plan_ids(self, key: str) -> frozenset[str]:
+        return frozenset(d.id for d in self.plan(key).datums)
+
+    def _load_index(self, key: str) -> DatumIndex:
+        return _index_decoder.decode(self.store.get(key))
+
+    def merged_output(self, outputs: Sequence[tuple[str, str]]) -> tuple[list[str], int]:
+        """The tree of a job's output (one layer, or none when empty) from (datum, layer key) pairs,
+        and how many files it holds; `datums.OutputCollision` when two datums wrote one path."""
+        read = [(datum, self.trees.layer(key)) for datum, key in outputs if key]
+        merged = datums.merge(read)
+        if not merged.entries:
+            return [], 0
+        return [layers.write(self.store, merged)], len(merged.entries)
