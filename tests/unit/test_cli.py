@@ -34,7 +34,7 @@ def test_an_unknown_command_suggests_the_closest(capsys: pytest.CaptureFixture[s
 
 def test_a_verb_without_a_known_noun_lists_the_nouns(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["create", "spaceship"]) == cli.EXIT_USAGE
-    assert "`hwctl create` takes one of: branch, repo" in capsys.readouterr().err
+    assert "`hwctl create` takes one of: branch, pipeline, repo" in capsys.readouterr().err
 
 
 def test_bad_options_are_a_usage_error() -> None:

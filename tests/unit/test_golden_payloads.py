@@ -17,12 +17,12 @@ from typing import Any
 import msgspec
 import pytest
 
-from hw_events import fs, health
+from hw_events import fs, health, pps
 from hw_events.messages import Command, Envelope, Event, tag_of
 
 GOLDEN = Path(__file__).parent.parent / "golden"
-EVENT_TYPES: tuple[type[Event], ...] = fs.EVENTS
-COMMAND_TYPES: tuple[type[Command], ...] = (*fs.COMMANDS, health.CheckHealth)
+EVENT_TYPES: tuple[type[Event], ...] = (*fs.EVENTS, *pps.EVENTS)
+COMMAND_TYPES: tuple[type[Command], ...] = (*fs.COMMANDS, *pps.COMMANDS, health.CheckHealth)
 
 
 def all_subclasses(cls: type) -> set[type]:

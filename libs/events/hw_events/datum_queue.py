@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from hw_events import subjects
 from hw_events.workqueue import QueueSpec
 
@@ -9,7 +11,8 @@ DATUMS = QueueSpec(
     subject="hw.task.datum.>",
     durable=subjects.consumer_name("worker", "datums"),
     max_attempts=3,  # deliveries, when workers die or fail before reporting (user code retries itself)
-    ack_wait=30.0,
+    # Seconds without a heartbeat before a task goes to another worker (a worker that died).
+    ack_wait=float(os.environ.get("HW_DATUM_ACK_WAIT", "30")),
     backoff=(1.0, 5.0, 15.0),
 )
 

@@ -303,6 +303,7 @@ class DatumTask(msgspec.Struct, frozen=True, kw_only=True):
     image: str = ""
     datum_tries: int = 3
     datum_timeout: float = 0.0  # seconds; 0: none
+    report: str = ""  # the id of the report of this datum (`RecordDatum`): one per datum and job
 
 
 class LogLine(msgspec.Struct, frozen=True, kw_only=True):

@@ -72,6 +72,12 @@ def step_id(*parts: str) -> str:
     return fs.commit_id_for(":".join(parts))
 
 
+def job_step(state: PpsState, step: str, pipeline: str, job: str) -> str:
+    """A job step's id. A job id may come back in a pipeline deleted and made again under the same
+    name (a head moved back to an old commit), so the pipeline's creation time is part of it."""
+    return step_id(step, pipeline, state.pipelines[pipeline].created.isoformat(), job)
+
+
 class Scheduler:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
@@ -108,11 +114,10 @@ class Scheduler:
                 ),
             )
             await self.finish_failed_outputs()
-            await self.rt.bus.request(
-                fs.SERVICE,
+            await self._fs(
                 fs.OpenOutputCommit(
                     id=step_id("open-output", command.id), repo=spec.name, branch=spec.output_branch
-                ),
+                )
             )
             self.poke.set()
             return domain.pipeline_info(self.pps.state, domain.pipeline_of(self.pps.state, spec.name))
@@ -125,26 +130,29 @@ class Scheduler:
             command.id,
             lambda s: domain.decide_create_pipeline(s, self.fs.state, spec, salt=salt, now=now),
         )
-        await self.ensure_output(spec)
+        await self.ensure_output(domain.pipeline_of(self.pps.state, spec.name))
         self.poke.set()
         return domain.pipeline_info(self.pps.state, domain.pipeline_of(self.pps.state, spec.name))
 
-    async def ensure_output(self, spec: PipelineSpec) -> None:
+    async def ensure_output(self, pipeline: domain.Pipeline) -> None:
         """The pipeline's output repo and branch in fs, following its input branches (created empty
         when missing, as a user would expect of a pipeline on a new repo)."""
-        view = self.fs.state
+        spec, view = pipeline.spec, self.fs.state
+        made = pipeline.created.isoformat()  # a pipeline made again under the same name is new
         for source in domain.input_sources(spec):
             repo, _, branch = source.partition("@")
             if repo in view.repos and branch not in view.repos[repo].branches:
                 await self._fs(
-                    fs.CreateBranch(id=step_id("input-branch", spec.name, source), repo=repo, branch=branch)
+                    fs.CreateBranch(
+                        id=step_id("input-branch", spec.name, made, source), repo=repo, branch=branch
+                    )
                 )
         if spec.name not in view.repos:
-            await self._fs(fs.CreateRepo(id=step_id("output-repo", spec.name), repo=spec.name))
+            await self._fs(fs.CreateRepo(id=step_id("output-repo", spec.name, made), repo=spec.name))
         if spec.output_branch not in self.fs.state.repos.get(spec.name, domain.RepoView()).branches:
             await self._fs(
                 fs.CreateBranch(
-                    id=step_id("output-branch", spec.name),
+                    id=step_id("output-branch", spec.name, made),
                     repo=spec.name,
                     branch=spec.output_branch,
                     provenance=domain.input_sources(spec),
@@ -298,7 +306,7 @@ class Scheduler:
         for pipeline in list(self.pps.state.pipelines.values()):
             repo = self.fs.state.repos.get(pipeline.name)
             if repo is None or pipeline.spec.output_branch not in repo.branches:
-                await self.ensure_output(pipeline.spec)
+                await self.ensure_output(pipeline)
 
     async def create_jobs(self) -> None:
         for created in list(domain.new_jobs(self.pps.state, self.fs.state)):
@@ -310,7 +318,7 @@ class Scheduler:
             await self.rt.execute(
                 self.pps,
                 subjects.job_events(created.pipeline),
-                step_id("job", created.pipeline, created.job),
+                job_step(self.pps.state, "job", created.pipeline, created.job),
                 decide,
             )
             self.log.info("job_created", pipeline=created.pipeline, job=created.job)
@@ -322,7 +330,7 @@ class Scheduler:
                 continue  # finish_job finishes those, with their output
             await self._fs(
                 fs.FinishOutputCommit(
-                    id=step_id("finish-output", job.pipeline, job.id),
+                    id=job_step(self.pps.state, "finish-output", job.pipeline, job.id),
                     repo=job.pipeline,
                     commit=job.id,
                     error=f"{job.final}: {job.reason}" if job.reason else job.final,
@@ -403,8 +411,9 @@ class Scheduler:
                 image=spec.transform.image,
                 datum_tries=spec.datum_tries,
                 datum_timeout=timeout,
+                report=job_step(self.pps.state, planned.id, job.pipeline, job.id),
             )
-            await self.queue.submit(subject, _encode(task), msg_id=f"{job.id}:{planned.id}")
+            await self.queue.submit(subject, _encode(task), msg_id=f"{job.pipeline}:{job.id}:{planned.id}")
         await self._job_event(job, "queued", domain.decide_queued(job))
 
     async def finish_job(self, job: Job) -> None:
@@ -424,7 +433,7 @@ class Scheduler:
         if commit is not None and not commit.finished:
             await self._fs(
                 fs.FinishOutputCommit(
-                    id=step_id("finish-output", job.pipeline, job.id),
+                    id=job_step(self.pps.state, "finish-output", job.pipeline, job.id),
                     repo=job.pipeline,
                     commit=job.id,
                     layers=tree,
@@ -460,7 +469,10 @@ class Scheduler:
         if not events:
             return
         await self.rt.execute(
-            self.pps, subjects.job_events(job.pipeline), step_id(step, job.pipeline, job.id), lambda _: events
+            self.pps,
+            subjects.job_events(job.pipeline),
+            job_step(self.pps.state, step, job.pipeline, job.id),
+            lambda _: events,
         )
 
     async def _wait_for_news(self, marks: tuple[int, int]) -> None:

@@ -60,7 +60,7 @@ class Worker:
         except (msgspec.ValidationError, msgspec.DecodeError) as err:
             raise UserError(f"malformed datum task: {err}") from None
         result = await self.process(datum)
-        await self.report(result)
+        await self.report(datum, result)
 
     async def given_up(self, task: Task, reason: str) -> None:
         """A task dead-lettered (its workers kept dying): the datum fails, so its job can end."""
@@ -68,7 +68,7 @@ class Worker:
             datum = task.decode(DatumTask)
         except (msgspec.ValidationError, msgspec.DecodeError):
             return
-        await self.report(self.result(datum, pps.DATUM_FAILED, reason=reason, attempts=task.attempt))
+        await self.report(datum, self.result(datum, pps.DATUM_FAILED, reason=reason, attempts=task.attempt))
 
     def result(self, task: DatumTask, state: str, **fields: Any) -> DatumFinished:
         return DatumFinished(
@@ -160,8 +160,9 @@ class Worker:
 
         return say
 
-    async def report(self, result: DatumFinished) -> None:
-        command = RecordDatum(id=commit_id_for(f"datum:{result.job}:{result.datum}"), result=result)
+    async def report(self, task: DatumTask, result: DatumFinished) -> None:
+        key = task.report or f"datum:{result.pipeline}:{result.job}:{result.datum}"
+        command = RecordDatum(id=commit_id_for(key), result=result)
         deadline = time.monotonic() + REPORT_FOR
         pause = 0.2
         while True:

@@ -165,7 +165,7 @@ def inspect(args: argparse.Namespace) -> int:
             ("Last Job", f"{p['last_job']} ({p['last_job_id']})" if p.get("last_job") else "-"),
             ("Input", p["input"]),
             ("Output Branch", p["output_branch"]),
-            ("Image", transform.get("image", "")),
+            ("Image", transform.get("image") or "ubuntu:20.04"),
             ("Command", " ".join(transform["cmd"])),
             ("Workers", max(1, p["spec"].get("parallelism_spec", {}).get("constant", 0))),
             ("Datum Tries", p["spec"].get("datum_tries", 3)),

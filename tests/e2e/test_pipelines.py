@@ -1,0 +1,365 @@
+"""Pipelines and jobs as a user drives them with hwctl: the seeds' workflows, incremental processing,
+updates, failures, deferred processing, chains, and restarts in the middle of a job.
+
+User code here is small Python scripts that know nothing of Headwater: they read `/pfs/<input>`
+and write `/pfs/out`, as the seeds' examples do.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hwctl.home import Home
+from hwctl.processes import pid_runs
+from tests.e2e.cli import HWCTL, error_of, hwctl, json_lines
+
+PYTHON = "python3"
+
+
+@pytest.fixture
+def headwater(hw_home: Path, monkeypatch: pytest.MonkeyPatch) -> Home:
+    monkeypatch.setenv("HW_DATUM_ACK_WAIT", "3")  # a killed worker's datum goes elsewhere in seconds
+    hwctl("up")
+    return Home(str(hw_home))
+
+
+def script(folder: Path, name: str, code: str) -> str:
+    path = folder / name
+    path.write_text(textwrap.dedent(code))
+    return str(path)
+
+
+def pipeline_spec(
+    folder: Path, name: str, cmd: list[str], err_cmd: list[str] | None = None, **more: Any
+) -> str:
+    spec = {
+        "pipeline": {"name": name},
+        "transform": {"cmd": cmd, **({"err_cmd": err_cmd} if err_cmd else {})},
+        "input": more.pop("input", {"pfs": {"repo": "data", "glob": "/*"}}),
+        **more,
+    }
+    path = folder / f"{name}.json"
+    path.write_text(json.dumps(spec))
+    return str(path)
+
+
+def eventually(check: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (found := check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout:g}s")
+        time.sleep(0.05)
+    return found
+
+
+def jobs(pipeline: str) -> list[dict[str, Any]]:
+    """Oldest first."""
+    return list(reversed(json_lines("list", "job", "-p", pipeline)))
+
+
+def settled_jobs(pipeline: str, count: int) -> list[dict[str, Any]]:
+    """Once the pipeline has `count` jobs and all of them ended."""
+    finals = ("success", "failure", "killed")
+    return eventually(
+        lambda: (
+            (found := jobs(pipeline))
+            and len(found) == count
+            and all(j["state"] in finals for j in found)
+            and found
+        ),
+        f"{count} finished jobs of {pipeline}",
+    )
+
+
+def files(ref: str) -> dict[str, str]:
+    """Every file of `repo@ref` with its content."""
+    out = {}
+    for info in json_lines("glob", "file", f"{ref}:/**"):
+        if info["type"] == "file":
+            out[info["path"]] = hwctl("get", "file", f"{ref}:{info['path']}").stdout
+    return out
+
+
+def put(ref: str, path: str, text: str) -> str:
+    hwctl("put", "file", f"{ref}:{path}", stdin=text.encode())
+    repo, branch = ref.split("@")
+    return {b["name"]: b["head"] for b in json_lines("list", "branch", repo)}[branch]
+
+
+WORDS = """
+    import os
+    for name in sorted(os.listdir("/pfs/data")):
+        words = len(open(f"/pfs/data/{name}").read().split())
+        with open(f"/pfs/out/{name}", "w") as out:
+            out.write(f"{words}\\n")
+    print("counted", name, "datum", os.environ["PACH_DATUM_ID"], "at", os.environ["data"],
+          "commit", os.environ["data_COMMIT"], "job", os.environ["PACH_JOB_ID"])
+"""
+
+
+def test_the_five_step_workflow(headwater: Home, tmp_path: Path) -> None:
+    # 1-2: a repo with data
+    hwctl("create", "repo", "data")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name, text in {"a.txt": "one", "b.txt": "one two", "c.txt": "one two three"}.items():
+        (inputs / name).write_text(text)
+    hwctl("put", "file", "-r", "data@master:/", "-f", str(inputs))
+    head = json_lines("inspect", "branch", "data@master")[0]["head"]
+    # 3: a pipeline, as YAML on stdin
+    code = script(tmp_path, "words.py", WORDS)
+    spec = textwrap.dedent(f"""\
+        pipeline:
+          name: words
+        description: counts words
+        transform:
+          cmd: [{PYTHON}, {code}]
+        input:
+          pfs: {{repo: data, glob: /*}}
+    """)
+    hwctl("create", "pipeline", "-f", "-", stdin=spec.encode())
+    # 4: its job, found by the pipeline and by the input commit
+    (job,) = settled_jobs("words", 1)
+    assert job["state"] == "success"
+    assert (job["data_processed"], job["data_skipped"], job["data_total"], job["data_failed"]) == (3, 0, 3, 0)
+    assert [j["id"] for j in json_lines("list", "job", f"words@{head}")] == [job["id"]]
+    assert job["inputs"] == [{"name": "data", "repo": "data", "branch": "master", "commit": head}]
+    table = hwctl("list", "job", "-p", "words").stdout.splitlines()
+    assert table[0].split() == [
+        "PIPELINE",
+        "ID",
+        "STARTED",
+        "DURATION",
+        "RESTART",
+        "PROGRESS",
+        "DL",
+        "UL",
+        "STATE",
+    ]
+    assert "3 + 0 / 3" in table[1]
+    assert table[1].rstrip().endswith("success")
+    assert hwctl("wait", "job", f"words@{job['id']}").returncode == 0
+    # 5: the output, one file per input, in the output repo at the job's commit
+    assert files("words@master") == {"/a.txt": "1\n", "/b.txt": "2\n", "/c.txt": "3\n"}
+    assert files(f"words@{job['id']}") == files("words@master")
+    output_commit = json_lines("inspect", "commit", "words@master")[0]
+    assert (output_commit["id"], output_commit["origin"]) == (job["id"], "AUTO")
+    datums = json_lines("list", "datum", f"words@{job['id']}")
+    assert sorted((d["files"], d["state"]) for d in datums) == [
+        (["data:/a.txt"], "success"),
+        (["data:/b.txt"], "success"),
+        (["data:/c.txt"], "success"),
+    ]
+    # what the code printed, with the environment it saw
+    lines = hwctl("logs", "-p", "words").stdout.splitlines()
+    by_file = {line.split()[1]: line.split() for line in lines}
+    assert sorted(by_file) == ["a.txt", "b.txt", "c.txt"]
+    for name, datum in ((d["files"][0].split("/")[-1], d["id"]) for d in datums):
+        assert by_file[name][3:] == [datum, "at", f"/pfs/data/{name}", "commit", head, "job", job["id"]]
+    assert hwctl("logs", "-p", "words", "--datum", datums[0]["id"]).stdout.count("counted") == 1
+    listed = hwctl("list", "pipeline").stdout.splitlines()
+    assert listed[0].split()[:4] == ["NAME", "VERSION", "INPUT", "CREATED"]
+    assert listed[1].split()[:3] == ["words", "1", "data:/*"]
+    assert "running / success" in listed[1]
+
+
+VERSIONED = """
+    import os, sys
+    VERSION = "{version}"
+    for name in os.listdir("/pfs/data"):
+        text = open(f"/pfs/data/{{name}}").read()
+        if VERSION == "v1" and "bad" in text:
+            print("cannot read", name, file=sys.stderr)
+            sys.exit(3)
+        open(f"/pfs/out/{{name}}", "w").write(VERSION + ":" + text)
+"""
+
+
+def test_updates_keep_what_succeeded_retry_what_failed_and_reprocess_on_request(
+    headwater: Home, tmp_path: Path
+) -> None:
+    hwctl("create", "repo", "data")
+    put("data@master", "/a", "A")
+    put("data@master", "/b", "B")
+    code = script(tmp_path, "versioned.py", VERSIONED.format(version="v1"))
+    spec = pipeline_spec(tmp_path, "ver", [PYTHON, code], datum_tries=2)
+    hwctl("create", "pipeline", "-f", spec)
+    settled_jobs("ver", 1)
+    # A datum that fails: retried, then the job fails, naming it
+    put("data@master", "/c", "bad C")
+    failed = settled_jobs("ver", 2)[-1]
+    assert failed["state"] == "failure"
+    (bad,) = [d for d in json_lines("list", "datum", f"ver@{failed['id']}") if d["state"] == "failed"]
+    assert bad["files"] == ["data:/c"]
+    assert failed["reason"].startswith(f"datum {bad['id']} failed: user code exited with code 3 (2 tries)")
+    assert hwctl("wait", "job", f"ver@{failed['id']}", check=False).returncode == 1
+    assert hwctl("logs", "-p", "ver", "-j", failed["id"]).stdout.count("cannot read c") == 2
+    assert files("ver@master") == {
+        "/a": "v1:A",
+        "/b": "v1:B",
+    }  # the failed job's commit keeps the last output
+    # Fixed code: only the failed datum runs; the output mixes both versions
+    script(tmp_path, "versioned.py", VERSIONED.format(version="v2"))
+    hwctl("update", "pipeline", "-f", spec)
+    fixed = settled_jobs("ver", 3)[-1]
+    assert (fixed["state"], fixed["data_processed"], fixed["data_skipped"]) == ("success", 1, 2)
+    assert files("ver@master") == {"/a": "v1:A", "/b": "v1:B", "/c": "v2:bad C"}
+    assert json_lines("inspect", "pipeline", "ver")[0]["version"] == 2
+    # --reprocess: everything with the new code; the earlier output stays readable by its id
+    hwctl("update", "pipeline", "-f", spec, "--reprocess")
+    again = settled_jobs("ver", 4)[-1]
+    assert (again["data_processed"], again["data_skipped"]) == (3, 0)
+    assert files("ver@master") == {"/a": "v2:A", "/b": "v2:B", "/c": "v2:bad C"}
+    assert files(f"ver@{fixed['id']}") == {"/a": "v1:A", "/b": "v1:B", "/c": "v2:bad C"}
+
+
+def test_err_cmd_recovers_a_datum_and_collisions_fail_the_job(headwater: Home, tmp_path: Path) -> None:
+    hwctl("create", "repo", "data")
+    put("data@master", "/ok", "fine")
+    put("data@master", "/bad", "bad")
+    code = script(tmp_path, "versioned.py", VERSIONED.format(version="v1"))
+    hwctl("create", "pipeline", "-f", pipeline_spec(tmp_path, "rec", [PYTHON, code], err_cmd=["true"]))
+    (job,) = settled_jobs("rec", 1)
+    assert (job["state"], job["data_processed"], job["data_recovered"]) == ("success", 1, 1)
+    assert "1 + 0 + 1 / 2" in hwctl("list", "job", "-p", "rec").stdout
+    # every datum writes /same: the job fails, naming the path and both datums
+    same = pipeline_spec(tmp_path, "same", ["sh", "-c", "echo x > /pfs/out/same"])
+    hwctl("create", "pipeline", "-f", same)
+    (collided,) = settled_jobs("same", 1)
+    datums = sorted(d["id"] for d in json_lines("list", "datum", f"same@{collided['id']}"))
+    assert collided["state"] == "failure"
+    assert collided["reason"].startswith("duplicate path output by different datums (/same from ")
+    assert all(d in collided["reason"] for d in datums)
+
+
+def test_deferred_processing_and_head_moves_make_one_job_each(headwater: Home, tmp_path: Path) -> None:
+    hwctl("create", "repo", "data")
+    hwctl("create", "branch", "data@master")
+    copy = pipeline_spec(tmp_path, "copy", ["sh", "-c", "cp -r /pfs/data/. /pfs/out/"])
+    hwctl("create", "pipeline", "-f", copy)
+    settled_jobs("copy", 1)  # over the empty master
+    staged = [put("data@staging", f"/f{i}", str(i)) for i in range(1, 11)]
+    time.sleep(1)
+    assert len(jobs("copy")) == 1  # nothing on staging is processed
+    # three moves, three jobs one after another, each named after the commit master moved to
+    for ref in ("staging^7", "staging^3", "staging"):
+        hwctl("create", "branch", "data@master", "--head", ref)
+    moved = settled_jobs("copy", 4)[1:]
+    assert [j["id"] for j in moved] == [staged[2], staged[6], staged[9]]
+    assert [j["id"] for j in json_lines("list", "job", f"copy@{staged[9]}")] == [staged[9]]
+    for earlier, later in itertools.pairwise(moved):
+        assert earlier["finished"] <= later["started"]
+    assert len(files(f"copy@{staged[2]}")) == 3
+    assert len(files("copy@master")) == 10
+    # rewinding: the output reflects the older input
+    hwctl("create", "branch", "data@master", "--head", "staging^5")
+    settled_jobs("copy", 5)
+    assert sorted(files("copy@master")) == [f"/f{i}" for i in range(1, 6)]
+
+
+def test_chained_pipelines(headwater: Home, tmp_path: Path) -> None:
+    hwctl("create", "repo", "data")
+    upper = pipeline_spec(
+        tmp_path,
+        "upper",
+        ["sh", "-c", "for f in /pfs/data/*; do tr a-z A-Z < $f > /pfs/out/$(basename $f); done"],
+    )
+    hwctl("create", "pipeline", "-f", upper)
+    total = pipeline_spec(
+        tmp_path,
+        "total",
+        ["sh", "-c", "cat /pfs/upper/* | sort > /pfs/out/all"],
+        input={"pfs": {"repo": "upper", "glob": "/"}},
+    )
+    hwctl("create", "pipeline", "-f", total)
+    put("data@master", "/x", "hello\n")
+    commit = put("data@master", "/y", "world\n")
+    eventually(lambda: files("total@master").get("/all") == "HELLO\nWORLD\n", "the chain's end has both")
+    assert [j["id"] for j in json_lines("list", "job", f"total@{commit}")] == [commit]
+    code, err = error_of("delete", "pipeline", "upper")
+    assert code == 1
+    assert 'pipeline "total" reads the output of "upper"' in err
+
+
+def test_adding_one_file_to_a_thousand_processes_one_datum(headwater: Home, tmp_path: Path) -> None:
+    hwctl("create", "repo", "data")
+    many = tmp_path / "many"
+    many.mkdir()
+    for i in range(1000):
+        (many / f"f{i:04}").write_text(str(i))
+    hwctl("put", "file", "-r", "data@master:/", "-f", str(many))
+    hwctl(
+        "create", "pipeline", "-f", pipeline_spec(tmp_path, "copy", ["sh", "-c", "cp /pfs/data/* /pfs/out/"])
+    )
+    (first,) = eventually(lambda: (j := settled_jobs("copy", 1)) and j, "the first job", timeout=240)
+    assert (first["data_processed"], first["data_total"]) == (1000, 1000)
+    put("data@master", "/new", "new")
+    second = settled_jobs("copy", 2)[-1]
+    assert (second["data_processed"], second["data_skipped"], second["data_total"]) == (1, 1000, 1001)
+    output = json_lines("glob", "file", "copy@master:/*")
+    assert len(output) == 1001
+
+
+def test_restarts_in_the_middle_of_a_job_lose_and_double_nothing(headwater: Home, tmp_path: Path) -> None:
+    hwctl("create", "repo", "data")
+    for i in range(16):
+        put("data@master", f"/f{i:02}", f"{i}\n")
+    slow = pipeline_spec(
+        tmp_path, "slow", ["sh", "-c", "sleep 0.4; cat /pfs/data/* >> /pfs/out/$(ls /pfs/data)"]
+    )
+    hwctl("create", "pipeline", "-f", slow)
+    runtime: Any = headwater.load()
+    eventually(lambda: jobs("slow") and jobs("slow")[0]["data_processed"] >= 2, "the job under way")
+    os.kill(runtime.services["worker"], signal.SIGKILL)
+    os.kill(runtime.services["scheduler"], signal.SIGKILL)
+    hwctl("up")
+    eventually(lambda: jobs("slow")[0]["data_processed"] >= 8, "the job goes on")
+    runtime = headwater.load()
+    os.kill(runtime.services["scheduler"], signal.SIGTERM)
+    os.kill(runtime.services["worker"], signal.SIGKILL)
+    eventually(lambda: not pid_runs(runtime.services["scheduler"], "hw_scheduler"), "the scheduler stopped")
+    hwctl("up")
+    (job,) = settled_jobs("slow", 1)
+    assert (job["state"], job["data_processed"], job["data_total"]) == ("success", 16, 16)
+    assert files("slow@master") == {f"/f{i:02}": f"{i}\n" for i in range(16)}  # appended once each
+
+
+def test_bad_specs_are_refused_naming_the_field(headwater: Home, tmp_path: Path) -> None:
+    hwctl("create", "repo", "data")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "pipeline: {name: p}\ntransform: {cmd: [echo], imag: x}\ninput: {pfs: {repo: data, glob: /*}}\n"
+    )
+    code, err = error_of("create", "pipeline", "-f", str(bad))
+    assert code == 1
+    assert "transform.imag is not a pipeline spec field" in err
+    code, err = error_of(
+        "create",
+        "pipeline",
+        "-f",
+        pipeline_spec(tmp_path, "p", ["true"], input={"pfs": {"repo": "nope", "glob": "/"}}),
+    )
+    assert code == 1
+    assert 'input repo "nope" not found' in err
+    code, err = error_of("create", "pipeline", "-f", str(tmp_path / "missing.json"))
+    assert code == 1
+    assert "cannot read the pipeline spec" in err
+    code, err = error_of("update", "pipeline", "-f", pipeline_spec(tmp_path, "p", ["true"]), "--reprocess")
+    assert code == 1
+    assert 'pipeline "p" not found' in err
+    assert json_lines("list", "pipeline") == []
+    assert (
+        subprocess.run([HWCTL, "list", "repo"], capture_output=True, text=True, check=True).stdout.count("\n")
+        == 2
+    )

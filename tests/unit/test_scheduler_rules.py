@@ -1,0 +1,276 @@
+"""The scheduler's rules: which commits are jobs and what they read, which job runs next, and what
+creating, updating and deleting a pipeline decide. The file store's own decisions make the events,
+so the view is fed exactly what fs would write."""
+
+from __future__ import annotations
+
+import pytest
+
+from hw_events.errors import AlreadyExists, NotFound, UserError
+from hw_events.fs import CreateBranch, CreateRepo, OpenOutputCommit
+from hw_events.messages import Event
+from hw_events.pipeline_spec import PipelineSpec, parse_pipeline_spec
+from hw_events.pps import KILLED, DatumFinished, JobCreated, JobFinished, JobStarted, PipelineUpdated
+from hw_fs import domain as fs_domain
+from hw_fs.domain import FsState, Summary, WriteTarget
+from hw_scheduler import domain
+from hw_scheduler.domain import FsView, PpsState
+from tests.unit.fs_events import T0, at, cid
+
+
+class World:
+    """fs state, the scheduler's view of it, and the scheduler's own state, moved together."""
+
+    def __init__(self) -> None:
+        self.fs = FsState()
+        self.view = FsView()
+        self.pps = PpsState()
+        self.n = 0
+
+    def fs_apply(self, writes: dict[str, list[Event]]) -> None:
+        for events in writes.values():
+            for event in events:
+                fs_domain.evolve(self.fs, event)  # type: ignore[arg-type]
+                domain.evolve_fs(self.view, event)
+
+    def pps_apply(self, events: list[Event] | dict[str, list[Event]]) -> None:
+        for event in events if isinstance(events, list) else [e for es in events.values() for e in es]:
+            domain.evolve(self.pps, event)  # type: ignore[arg-type]
+
+    def repo(self, name: str) -> None:
+        self.fs_apply({name: fs_domain.decide_create_repo(self.fs, CreateRepo(repo=name), T0)})
+
+    def put(self, repo: str, branch: str) -> str:
+        """A one-off commit on `branch`, as `put file` makes it; its id."""
+        self.n += 1
+        set_id = cid(self.n)
+        target = fs_domain.write_target(self.fs, repo, branch)
+        self.fs_apply(
+            fs_domain.decide_write(
+                self.fs,
+                repo,
+                branch,
+                planned=WriteTarget(*target),
+                layer=f"layers/{self.n}",
+                counts=(1, 1),
+                summary=Summary((f"layers/{self.n}",), 1, 1),
+                set_id=set_id,
+                description="",
+                now=at(self.n),
+            )
+        )
+        return set_id
+
+    def branch(self, repo: str, branch: str, *, head: str = "", provenance: list[str] | None = None) -> str:
+        self.n += 1
+        command = CreateBranch(repo=repo, branch=branch, head=head, provenance=provenance or [])
+        self.fs_apply(fs_domain.decide_create_branch(self.fs, command, cid(1000 + self.n), at(self.n)))
+        return cid(1000 + self.n)
+
+    def pipeline(self, spec: PipelineSpec) -> None:
+        self.pps_apply(domain.decide_create_pipeline(self.pps, self.view, spec, salt="salt", now=T0))
+        self.repo(spec.name)
+        self.branch(spec.name, spec.output_branch, provenance=domain.input_sources(spec))
+
+    def create_jobs(self) -> list[JobCreated]:
+        created = list(domain.new_jobs(self.pps, self.view))
+        self.pps_apply(list(created))
+        return created
+
+
+def spec(name: str = "count", repo: str = "data", branch: str = "master", **more: object) -> PipelineSpec:
+    return parse_pipeline_spec(
+        {
+            "pipeline": {"name": name},
+            "transform": {"cmd": ["true"]},
+            "input": {"pfs": {"repo": repo, "branch": branch, "glob": "/*"}},
+            **more,
+        }
+    )
+
+
+@pytest.fixture
+def world() -> World:
+    w = World()
+    w.repo("data")
+    w.put("data", "master")
+    return w
+
+
+def test_creating_a_pipeline_makes_a_job_over_the_current_input_head(world: World) -> None:
+    head = world.fs.repos["data"].branches["master"].head
+    world.pipeline(spec())
+    (job,) = world.create_jobs()
+    assert job.pipeline == "count"
+    assert job.version == 1
+    assert [(i.name, i.repo, i.branch, i.commit) for i in job.inputs] == [("data", "data", "master", head)]
+    assert world.create_jobs() == []  # once
+
+
+def test_each_commit_on_the_input_is_a_job_named_after_it_that_reads_it(world: World) -> None:
+    world.pipeline(spec())
+    world.create_jobs()
+    commit = world.put("data", "master")
+    (job,) = world.create_jobs()
+    assert job.job == commit
+    assert job.inputs[0].commit == commit
+
+
+def test_jobs_of_a_pipeline_run_one_after_another(world: World) -> None:
+    world.pipeline(spec())
+    first = world.create_jobs()[0].job
+    second = world.put("data", "master")
+    world.create_jobs()
+    assert domain.next_job(world.pps, "count").id == first  # type: ignore[union-attr]
+    world.pps_apply(
+        [JobStarted(pipeline="count", job=first, started=T0, plan="p", total=1, skipped=0, to_run=1)]
+    )
+    assert domain.next_job(world.pps, "count") is None  # the first still runs
+    world.pps_apply([JobFinished(pipeline="count", job=first, state="success", finished=T0, index="i")])
+    assert domain.next_job(world.pps, "count").id == second  # type: ignore[union-attr]
+    assert domain.base_job(world.pps, "count", second).id == first  # type: ignore[union-attr]
+
+
+def test_a_failed_job_is_never_the_base_of_the_next(world: World) -> None:
+    world.pipeline(spec())
+    first = world.create_jobs()[0].job
+    world.pps_apply([JobFinished(pipeline="count", job=first, state="failure", finished=T0, reason="x")])
+    second = world.put("data", "master")
+    world.create_jobs()
+    assert domain.base_job(world.pps, "count", second) is None
+
+
+def test_a_stopped_pipeline_starts_no_job_until_started(world: World) -> None:
+    world.pipeline(spec())
+    world.create_jobs()
+    world.pps_apply(domain.decide_stop_pipeline(world.pps, "count", T0))
+    assert domain.next_job(world.pps, "count") is None
+    world.pps_apply(domain.decide_start_pipeline(world.pps, "count", T0))
+    assert domain.next_job(world.pps, "count") is not None
+
+
+def test_a_hand_move_makes_a_job_named_after_the_commit_moved_to(world: World) -> None:
+    world.pipeline(spec())
+    world.create_jobs()
+    staged = world.put("data", "staging")
+    world.put("data", "staging")
+    world.branch("data", "master", head="staging^1")
+    (job,) = world.create_jobs()
+    assert job.job == staged
+    assert job.inputs[0].commit == staged
+
+
+def test_a_job_waits_for_its_input_commit_and_fails_when_upstream_failed(world: World) -> None:
+    world.pipeline(spec())
+    world.pipeline(spec("second", repo="count"))
+    world.create_jobs()
+    second_job = next(iter(world.pps.jobs["second"].values()))
+    assert domain.input_problem(world.view, second_job) == (False, "")  # count's output is open
+    upstream = second_job.inputs[0].commit
+    world.fs_apply(
+        fs_domain.decide_finish_output_commit(
+            world.fs, fs_domain_finish("count", upstream, error="failure: datum x failed"), None, T0
+        )
+    )
+    ready, reason = domain.input_problem(world.view, second_job)
+    assert ready
+    assert "upstream pipelines failed: count" in reason
+
+
+def fs_domain_finish(repo: str, commit: str, *, error: str = "") -> object:
+    from hw_events.fs import FinishOutputCommit
+
+    return FinishOutputCommit(repo=repo, commit=commit, error=error)
+
+
+def test_update_keeps_the_salt_kills_running_jobs_and_reprocess_changes_the_salt(world: World) -> None:
+    world.pipeline(spec())
+    job = world.create_jobs()[0].job
+    writes = domain.decide_update_pipeline(
+        world.pps, world.view, spec(), reprocess=False, new_salt="new", now=T0
+    )
+    events = [e for es in writes.values() for e in es]
+    updated = next(e for e in events if isinstance(e, PipelineUpdated))
+    assert (updated.version, updated.salt) == (2, "salt")
+    (killed,) = [e for e in events if isinstance(e, JobFinished)]
+    assert (killed.job, killed.state, killed.reason) == (job, KILLED, domain.KILLED_BY_UPDATE)
+    again = domain.decide_update_pipeline(
+        world.pps, world.view, spec(), reprocess=True, new_salt="new", now=T0
+    )
+    assert next(e for es in again.values() for e in es if isinstance(e, PipelineUpdated)).salt == "new"
+
+
+def test_update_opens_a_new_output_commit_whose_job_uses_the_new_version(world: World) -> None:
+    world.pipeline(spec())
+    first = world.create_jobs()[0].job
+    world.fs_apply(
+        fs_domain.decide_finish_output_commit(
+            world.fs, fs_domain_finish("count", first), Summary((), 0, 0), T0
+        )
+    )
+    world.pps_apply(
+        domain.decide_update_pipeline(world.pps, world.view, spec(), reprocess=False, new_salt="n", now=T0)
+    )
+    world.fs_apply(
+        fs_domain.decide_open_output_commit(
+            world.fs, OpenOutputCommit(repo="count", branch="master"), cid(77), T0
+        )
+    )
+    (job,) = world.create_jobs()
+    assert (job.job, job.version) == (cid(77), 2)
+
+
+def test_what_create_update_and_delete_refuse(world: World) -> None:
+    with pytest.raises(NotFound, match='input repo "nope" not found'):
+        domain.decide_create_pipeline(world.pps, world.view, spec(repo="nope"), salt="s", now=T0)
+    with pytest.raises(AlreadyExists, match='a repo named "data" already exists'):
+        domain.decide_create_pipeline(world.pps, world.view, spec("data"), salt="s", now=T0)
+    world.pipeline(spec())
+    with pytest.raises(AlreadyExists, match="update pipeline"):
+        domain.decide_create_pipeline(world.pps, world.view, spec(), salt="s", now=T0)
+    world.put("data", "other")
+    with pytest.raises(UserError, match="cannot change which branches it reads"):
+        domain.decide_update_pipeline(
+            world.pps, world.view, spec(branch="other"), reprocess=False, new_salt="", now=T0
+        )
+    world.pipeline(spec("second", repo="count"))
+    with pytest.raises(UserError, match='pipeline "second" reads the output of "count"'):
+        domain.decide_delete_pipeline(world.pps, "count", T0)
+
+
+def test_a_worker_report_lands_once_and_not_after_the_job_ended(world: World) -> None:
+    world.pipeline(spec())
+    job = world.create_jobs()[0].job
+    world.pps_apply(
+        [JobStarted(pipeline="count", job=job, started=T0, plan="p", total=2, skipped=0, to_run=2)]
+    )
+    report = DatumFinished(pipeline="count", job=job, datum="d1", state="success")
+    world.pps_apply(domain.decide_record_datum(world.pps, report))
+    assert domain.decide_record_datum(world.pps, report) == []
+    with pytest.raises(UserError, match="not one a worker reports"):
+        domain.decide_record_datum(
+            world.pps, DatumFinished(pipeline="count", job=job, datum="d2", state="skipped")
+        )
+    world.pps_apply([JobFinished(pipeline="count", job=job, state=KILLED, finished=T0)])
+    assert (
+        domain.decide_record_datum(
+            world.pps, DatumFinished(pipeline="count", job=job, datum="d2", state="success")
+        )
+        == []
+    )
+
+
+def test_describe_input() -> None:
+    crossed = parse_pipeline_spec(
+        {
+            "pipeline": {"name": "p"},
+            "transform": {"cmd": ["true"]},
+            "input": {
+                "cross": [
+                    {"pfs": {"repo": "a", "glob": "/*"}},
+                    {"union": [{"pfs": {"repo": "b", "glob": "/"}}, {"pfs": {"repo": "c", "glob": "/*/*"}}]},
+                ]
+            },
+        }
+    )
+    assert domain.describe_input(crossed.input) == "cross(a:/*, union(b:/, c:/*/*))"
