@@ -268,7 +268,12 @@ def test_deferred_processing_and_head_moves_make_one_job_each(headwater: Home, t
     assert sorted(files("copy@master")) == [f"/f{i}" for i in range(1, 6)]
 
 
-def test_chained_pipelines(headwater: Home, tmp_path: Path) -> None:
+@pytest.mark.parametrize("isolation", ["namespace", "rewrite"])
+def test_chained_pipelines(
+    hw_home: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, isolation: str
+) -> None:
+    monkeypatch.setenv("HW_WORKER_ISOLATION", isolation)  # rewrite: /pfs in the commands is rewritten
+    hwctl("up")
     hwctl("create", "repo", "data")
     upper = pipeline_spec(
         tmp_path,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from hw_events.errors import AlreadyExists, NotFound, UserError
-from hw_events.fs import CreateBranch, CreateRepo, OpenOutputCommit
+from hw_events.fs import CreateBranch, CreateRepo, FinishOutputCommit, OpenOutputCommit
 from hw_events.messages import Event
 from hw_events.pipeline_spec import PipelineSpec, parse_pipeline_spec
 from hw_events.pps import KILLED, DatumFinished, JobCreated, JobFinished, JobStarted, PipelineUpdated
@@ -177,9 +177,7 @@ def test_a_job_waits_for_its_input_commit_and_fails_when_upstream_failed(world: 
     assert "upstream pipelines failed: count" in reason
 
 
-def fs_domain_finish(repo: str, commit: str, *, error: str = "") -> object:
-    from hw_events.fs import FinishOutputCommit
-
+def fs_domain_finish(repo: str, commit: str, *, error: str = "") -> FinishOutputCommit:
     return FinishOutputCommit(repo=repo, commit=commit, error=error)
 
 
@@ -274,3 +272,18 @@ def test_describe_input() -> None:
         }
     )
     assert domain.describe_input(crossed.input) == "cross(a:/*, union(b:/, c:/*/*))"
+
+
+def test_fs_finishes_only_open_output_commits_and_a_retry_changes_nothing(world: World) -> None:
+    user_commit = world.fs.repos["data"].branches["master"].head
+    with pytest.raises(UserError, match="is not a pipeline's output commit"):
+        fs_domain.decide_finish_output_commit(world.fs, fs_domain_finish("data", user_commit), None, T0)
+    world.pipeline(spec())
+    job = world.create_jobs()[0].job
+    finish = fs_domain_finish("count", job)
+    world.fs_apply(
+        fs_domain.decide_finish_output_commit(world.fs, finish, Summary(("layers/out",), 5, 1), T0)
+    )
+    commit = world.fs.repos["count"].commits[job]
+    assert (commit.layers, commit.size_bytes, commit.error) == (("layers/out",), 5, "")
+    assert fs_domain.decide_finish_output_commit(world.fs, finish, Summary((), 0, 0), T0) == {}
