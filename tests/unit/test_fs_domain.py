@@ -330,7 +330,7 @@ def test_a_fire_moves_the_branches_in_order_and_downstream_follows() -> None:
         ),
     ]
     assert [type(e) for e in writes["out"]] == [CommitStarted, BranchHeadMoved]
-    assert writes["out"][0].commit == cid(20)  # type: ignore[attr-defined]
+    assert writes["out"][0].commit == cid(1)  # type: ignore[attr-defined]  # named after the commit moved to
 
 
 def test_a_fire_decided_on_old_news_is_refused_whole() -> None:
@@ -402,7 +402,7 @@ def test_a_head_move_opens_one_commit_set_downstream() -> None:
     assert all(e.commit == set_id for e in writes["b"] if isinstance(e, CommitStarted))
 
 
-def test_moving_a_head_by_hand_also_opens_commits_downstream_with_a_new_id() -> None:
+def test_moving_a_head_by_hand_opens_commits_downstream_named_after_the_commit_moved_to() -> None:
     state = pipeline_chain()
     apply(state, {"data": one_off("data", "staging", 30, None)})
     writes = domain.decide_create_branch(
@@ -411,7 +411,17 @@ def test_moving_a_head_by_hand_also_opens_commits_downstream_with_a_new_id() -> 
     assert writes["data"] == [
         BranchHeadMoved(repo="data", branch="master", head=cid(30), previous=cid(1), reason=BY_HAND, moved=T0)
     ]
-    assert {e.commit for e in writes["a"] + writes["b"] if isinstance(e, CommitStarted)} == {cid(31)}
+    assert {e.commit for e in writes["a"] + writes["b"] if isinstance(e, CommitStarted)} == {cid(30)}
+    apply(state, writes)
+    # moved back to a commit whose id the downstream repos already have: the command's id instead
+    back = domain.decide_create_branch(
+        state, CreateBranch(repo="data", branch="master", head=cid(1)), cid(32), T0
+    )
+    apply(state, back)
+    again = domain.decide_create_branch(
+        state, CreateBranch(repo="data", branch="master", head=cid(30)), cid(33), T0
+    )
+    assert {e.commit for e in again["a"] + again["b"] if isinstance(e, CommitStarted)} == {cid(33)}
 
 
 def test_users_cannot_commit_to_or_finish_commits_of_a_followed_branch() -> None:
