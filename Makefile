@@ -47,6 +47,14 @@ demo: install
 	@$(BIN)/hwctl list file images@master:/docs
 	@echo '$$ hwctl list commit images'
 	@$(BIN)/hwctl list commit images
+	@echo '$$ hwctl create pipeline -f examples/lines.yaml'
+	@$(BIN)/hwctl inspect pipeline lines >/dev/null 2>&1 || $(BIN)/hwctl create pipeline -f examples/lines.yaml
+	@echo '$$ hwctl wait commit lines@master'
+	@$(BIN)/hwctl wait commit lines@master >/dev/null
+	@echo '$$ hwctl list job -p lines'
+	@$(BIN)/hwctl list job -p lines
+	@echo '$$ hwctl list file lines@master'
+	@$(BIN)/hwctl list file lines@master
 	@echo '$$ hwctl list repo'
 	@$(BIN)/hwctl list repo
 	@echo '$$ hwctl status'
