@@ -4,6 +4,8 @@ so the view is fed exactly what fs would write."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
 from hw_events.errors import AlreadyExists, NotFound, UserError
@@ -287,3 +289,15 @@ def test_fs_finishes_only_open_output_commits_and_a_retry_changes_nothing(world:
     commit = world.fs.repos["count"].commits[job]
     assert (commit.layers, commit.size_bytes, commit.error) == (("layers/out",), 5, "")
     assert fs_domain.decide_finish_output_commit(world.fs, finish, Summary((), 0, 0), T0) == {}
+
+
+def test_a_job_running_past_job_timeout_is_to_be_killed(world: World) -> None:
+    world.pipeline(spec(job_timeout="30s"))
+    job = world.create_jobs()[0].job
+    assert list(domain.timed_out(world.pps, at(60))) == []  # not started: waiting is not running
+    world.pps_apply(
+        [JobStarted(pipeline="count", job=job, started=at(0), plan="p", total=1, skipped=0, to_run=1)]
+    )
+    assert list(domain.timed_out(world.pps, T0 + timedelta(seconds=29))) == []
+    ((late, reason),) = domain.timed_out(world.pps, T0 + timedelta(seconds=31))
+    assert (late.id, reason) == (job, "job timed out after 30s (job_timeout)")

@@ -60,6 +60,7 @@ from hw_events.pps import (
     PpsEvent,
 )
 from hw_events.projection import Projection
+from hw_events.trigger_conditions import parse_duration
 
 Writes = dict[str, list[Event]]  # aggregate subject -> events
 
@@ -570,6 +571,20 @@ def unfinished_outputs(state: PpsState, view: FsView) -> Iterator[Job]:
             commit = repo.commits.get(job.id)
             if job.final in FINAL_STATES and commit is not None and not commit.finished:
                 yield job
+
+
+def timed_out(state: PpsState, now: datetime) -> Iterator[tuple[Job, str]]:
+    """Started jobs running longer than their pipeline's `job_timeout`, with the reason to give."""
+    for name, jobs in state.jobs.items():
+        pipeline = state.pipelines.get(name)
+        if pipeline is None:
+            continue
+        for job in jobs.values():
+            spec = pipeline.specs.get(job.version)
+            if job.final or job.started is None or spec is None or not spec.job_timeout:
+                continue
+            if (now - job.started).total_seconds() > parse_duration(spec.job_timeout).total_seconds():
+                yield job, f"job timed out after {spec.job_timeout} (job_timeout)"
 
 
 def decide_record_datum(state: PpsState, result: DatumFinished) -> list[Event]:

@@ -30,6 +30,7 @@ from hw_events.pps import (
     DATUM_PENDING,
     DATUM_SKIPPED,
     DATUM_SUCCESS,
+    KILLED,
     SUCCESS,
     CreatePipeline,
     DatumIndex,
@@ -290,11 +291,15 @@ class Scheduler:
     async def step(self) -> None:
         await self.ensure_outputs()
         await self.create_jobs()
+        now = utcnow()
+        for job, reason in list(domain.timed_out(self.pps.state, now)):
+            killed = JobFinished(pipeline=job.pipeline, job=job.id, state=KILLED, reason=reason, finished=now)
+            await self._job_event(job, "timeout", domain.decide_job_finished(job, killed))
         await self.finish_failed_outputs()
         for name in list(self.pps.state.pipelines):
-            job = domain.next_job(self.pps.state, name)
-            if job is not None:
-                await self.start_job(job)
+            waiting = domain.next_job(self.pps.state, name)
+            if waiting is not None:
+                await self.start_job(waiting)
         for jobs in list(self.pps.state.jobs.values()):
             for job in list(jobs.values()):
                 if job.started is not None and not job.queued and not job.final:

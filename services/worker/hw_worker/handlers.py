@@ -29,7 +29,7 @@ from hw_events.service import Runtime
 from hw_events.workqueue import Task, WorkQueue
 from hw_storage.config import open_store
 from hw_worker import domain, runner
-from hw_worker.pfs import Scratch
+from hw_worker.pfs import Scratch, sweep_stale
 
 REPORT_FOR = 120.0  # seconds a report is retried while the scheduler does not answer
 _log_encoder = msgspec.json.Encoder()
@@ -39,10 +39,9 @@ class Worker:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self.queue = WorkQueue(rt.nc, datum_queue.DATUMS)
-        scratch = os.environ.get("HW_WORKER_SCRATCH") or os.path.join(
-            tempfile.gettempdir(), f"hw-worker-{os.getpid()}"
-        )
-        self.scratch = Scratch(open_store(), scratch)
+        scratch = os.environ.get("HW_WORKER_SCRATCH") or os.path.join(tempfile.gettempdir(), "hw-worker")
+        sweep_stale(scratch)  # what workers killed mid-datum left behind
+        self.scratch = Scratch(open_store(), os.path.join(scratch, str(os.getpid())))
         self.isolation = runner.choose_isolation(os.environ.get("HW_WORKER_ISOLATION", ""))
         self.concurrency = int(os.environ.get("HW_WORKER_CONCURRENCY", "2"))
         self.log = rt.log.bind(component="worker", isolation=self.isolation.mode)

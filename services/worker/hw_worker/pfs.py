@@ -76,3 +76,22 @@ class Scratch:
 
     def clean(self, name: str) -> None:
         shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
+
+
+def sweep_stale(root: str) -> None:
+    """Remove the scratch folders (`<root>/<pid>`) of worker processes that no longer run."""
+    if not os.path.isdir(root):
+        return
+    for name in os.listdir(root):
+        if name.isdigit() and not _alive(int(name)):
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
