@@ -241,6 +241,19 @@ def test_err_cmd_recovers_a_datum_and_collisions_fail_the_job(headwater: Home, t
     assert collided["state"] == "failure"
     assert collided["reason"].startswith("duplicate path output by different datums (/same from ")
     assert all(d in collided["reason"] for d in datums)
+    # a datum past datum_timeout fails saying so; a job past job_timeout is killed
+    hwctl(
+        "create",
+        "pipeline",
+        "-f",
+        pipeline_spec(tmp_path, "nap", ["sleep", "30"], datum_timeout="1s", datum_tries=1),
+    )
+    (napped,) = settled_jobs("nap", 1)
+    assert napped["state"] == "failure"
+    assert "failed: timed out after 1s (datum_timeout) (1 try) (and 1 more)" in napped["reason"]
+    hwctl("create", "pipeline", "-f", pipeline_spec(tmp_path, "long", ["sleep", "30"], job_timeout="2s"))
+    (long,) = settled_jobs("long", 1)
+    assert (long["state"], long["reason"]) == ("killed", "job timed out after 2s (job_timeout)")
 
 
 def test_deferred_processing_and_head_moves_make_one_job_each(headwater: Home, tmp_path: Path) -> None:

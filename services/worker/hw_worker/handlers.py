@@ -132,7 +132,7 @@ class Worker:
             return self.result(
                 task,
                 domain.after_failures(recovered),
-                reason=f"{reason} ({task.datum_tries} tries)",
+                reason=f"{reason} ({task.datum_tries} {'try' if task.datum_tries == 1 else 'tries'})",
                 download_bytes=downloaded,
                 seconds=time.monotonic() - started,
                 attempts=task.datum_tries,
