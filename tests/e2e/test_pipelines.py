@@ -308,6 +308,10 @@ def test_chained_pipelines(
     code, err = error_of("delete", "pipeline", "upper")
     assert code == 1
     assert 'pipeline "total" reads the output of "upper"' in err
+    hwctl("delete", "pipeline", "total")
+    assert "total" not in [r["name"] for r in json_lines("list", "repo")]
+    hwctl("create", "pipeline", "-f", total)  # made again under the same name: a new pipeline
+    eventually(lambda: files("total@master").get("/all") == "HELLO\nWORLD\n", "made again, it runs again")
 
 
 def test_adding_one_file_to_a_thousand_processes_one_datum(headwater: Home, tmp_path: Path) -> None:

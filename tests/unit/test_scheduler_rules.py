@@ -9,7 +9,14 @@ from datetime import timedelta
 import pytest
 
 from hw_events.errors import AlreadyExists, NotFound, UserError
-from hw_events.fs import CreateBranch, CreateRepo, FinishOutputCommit, OpenOutputCommit
+from hw_events.fs import (
+    CreateBranch,
+    CreateRepo,
+    FinishOutputCommit,
+    OpenOutputCommit,
+    RepoCreated,
+    RepoDeleted,
+)
 from hw_events.messages import Event
 from hw_events.pipeline_spec import PipelineSpec, parse_pipeline_spec
 from hw_events.pps import KILLED, DatumFinished, JobCreated, JobFinished, JobStarted, PipelineUpdated
@@ -301,3 +308,40 @@ def test_a_job_running_past_job_timeout_is_to_be_killed(world: World) -> None:
     assert list(domain.timed_out(world.pps, T0 + timedelta(seconds=29))) == []
     ((late, reason),) = domain.timed_out(world.pps, T0 + timedelta(seconds=31))
     assert (late.id, reason) == (job, "job timed out after 30s (job_timeout)")
+
+
+def test_an_ended_job_stays_ended_whatever_step_lands_late(world: World) -> None:
+    world.pipeline(spec())
+    job = world.create_jobs()[0].job
+    world.pps_apply([JobFinished(pipeline="count", job=job, state=KILLED, reason="updated", finished=T0)])
+    world.pps_apply([JobFinished(pipeline="count", job=job, state="success", finished=T0, index="i")])
+    ended = world.pps.jobs["count"][job]
+    assert (ended.final, ended.reason, ended.index) == (KILLED, "updated", "")
+
+
+def test_an_update_is_followed_even_when_a_job_of_the_old_version_slipped_in(world: World) -> None:
+    world.pipeline(spec())
+    old = world.create_jobs()[0].job
+    world.pps_apply(
+        [PipelineUpdated(pipeline="count", version=2, spec=spec(), salt="salt", updated=T0)]
+    )  # as if the kill raced with the job's creation
+    assert [j.id for j in domain.outdated_jobs(world.pps)] == [old]
+    assert list(domain.needs_new_output(world.pps, world.view)) == []  # its output commit is still open
+    world.pps_apply([JobFinished(pipeline="count", job=old, state=KILLED, finished=T0)])
+    world.fs_apply(
+        fs_domain.decide_finish_output_commit(
+            world.fs, fs_domain_finish("count", old, error="killed"), None, T0
+        )
+    )
+    assert [p.name for p in domain.needs_new_output(world.pps, world.view)] == ["count"]
+
+
+def test_a_deleted_pipelines_repo_is_deleted_but_not_a_repo_made_later_under_its_name(world: World) -> None:
+    world.pipeline(spec())
+    world.create_jobs()
+    later = T0 + timedelta(hours=1)
+    world.pps_apply(domain.decide_delete_pipeline(world.pps, "count", later))
+    assert list(domain.repos_to_delete(world.pps, world.view)) == ["count"]
+    world.fs_apply({"count": [RepoDeleted(repo="count")]})
+    world.fs_apply({"count": [RepoCreated(repo="count", created=later + timedelta(seconds=1))]})
+    assert list(domain.repos_to_delete(world.pps, world.view)) == []

@@ -101,3 +101,32 @@ def test_a_spec_is_read_from_a_url(served: str) -> None:
     assert pipeline.read_specs(f"{served}/spec.yaml") == [{"pipeline": {"name": "web"}}]
     with pytest.raises(UserError, match="cannot read the pipeline spec at"):
         pipeline.read_specs(f"{served}/missing.yaml")
+
+
+async def _run(argv: list[str], timeout: float = 0) -> tuple[runner.Outcome, list[tuple[str, str]]]:
+    lines: list[tuple[str, str]] = []
+
+    async def sink(stream: str, line: str) -> None:
+        lines.append((stream, line))
+
+    outcome = await runner.run(
+        argv, stdin=b"in\n", env={"PATH": "/usr/bin:/bin"}, timeout=timeout, on_line=sink
+    )
+    return outcome, lines
+
+
+async def test_a_command_s_lines_and_exit_code_are_kept() -> None:
+    outcome, lines = await _run(["sh", "-c", "read x; echo got $x; echo oops >&2; exit 4"])
+    assert outcome.code == 4
+    assert not outcome.ok([])
+    assert outcome.ok([4])
+    assert sorted(lines) == [("stderr", "oops"), ("stdout", "got in")]
+
+
+async def test_a_background_child_does_not_hold_the_datum_and_a_timeout_kills_the_group() -> None:
+    outcome, lines = await _run(["sh", "-c", "sleep 30 & echo started"])
+    assert (outcome.code, lines) == (0, [("stdout", "started")])
+    assert outcome.seconds < 5
+    outcome, _ = await _run(["sh", "-c", "sleep 30; echo never"], timeout=0.5)
+    assert outcome.code is None
+    assert outcome.seconds < 5

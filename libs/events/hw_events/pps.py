@@ -89,6 +89,7 @@ class PipelineStarted(Event, frozen=True, kw_only=True, tag="pipeline_started"):
 class PipelineDeleted(Event, frozen=True, kw_only=True, tag="pipeline_deleted"):
     pipeline: str
     deleted: datetime
+    keep_repo: bool = False  # otherwise its output repo is deleted too
 
 
 class JobCreated(Event, frozen=True, kw_only=True, tag="job_created"):

@@ -37,6 +37,7 @@ class StreamSpec:
     kind: StreamKind = StreamKind.EVENTS
     description: str = ""
     replicas: int = field(default_factory=lambda: int(os.environ.get("HW_NATS_REPLICAS", "1")))
+    duplicate_window: float = DUPLICATE_WINDOW_S
 
     def config(self) -> api.StreamConfig:
         common: dict[str, Any] = {
@@ -45,7 +46,7 @@ class StreamSpec:
             "subjects": list(self.subjects),
             "storage": api.StorageType.FILE,
             "num_replicas": self.replicas,
-            "duplicate_window": DUPLICATE_WINDOW_S,
+            "duplicate_window": self.duplicate_window,
         }
         if self.kind is StreamKind.EVENTS:
             return api.StreamConfig(
@@ -68,7 +69,15 @@ class StreamSpec:
 FS = StreamSpec(subjects.FS_STREAM, (subjects.FS_EVENTS,), description="Headwater file store events")
 PPS = StreamSpec(subjects.PPS_STREAM, (subjects.PPS_EVENTS,), description="Headwater pipeline and job events")
 BUILD = StreamSpec(subjects.BUILD_STREAM, (subjects.BUILD_EVENTS,), description="Image build events")
-TASKS = StreamSpec(subjects.TASKS_STREAM, (subjects.TASKS,), StreamKind.WORK, "Work to be done once")
+# A task queued again after a restart (its `Nats-Msg-Id` is the same) must land once even when the
+# restart took long: a day, not two minutes.
+TASKS = StreamSpec(
+    subjects.TASKS_STREAM,
+    (subjects.TASKS,),
+    StreamKind.WORK,
+    "Work to be done once",
+    duplicate_window=86400.0,
+)
 DLQ = StreamSpec(subjects.DLQ_STREAM, (subjects.DLQ,), StreamKind.DEAD_LETTERS, "Work that could not be done")
 
 LOGS = StreamSpec(subjects.LOGS_STREAM, (subjects.LOGS,), StreamKind.LOGS, "What user code printed")

@@ -9,8 +9,9 @@ behind its live worker's back. What the handler raises decides what happens next
 - anything else (`TransientError`, a crash): nak with a growing delay, and after `max_attempts`
   dead-letter it with the last error as the reason.
 
-Deliveries are bounded: the consumer allows one delivery beyond `max_attempts`, so a task whose
-worker died on its last attempt is seen once more and dead-lettered instead of lost. Dead letters
+Attempts are bounded by this code, not by the server: a task whose worker died on its last
+attempt is delivered once more and dead-lettered instead of lost, and if even that fails (the
+dead-letter stream or whoever `on_dead` tells is unreachable) it is delivered again later. Dead letters
 keep the original subject, payload and headers in `HW_DLQ`, with the reason in `Hw-Dead-*` headers.
 """
 
@@ -131,7 +132,7 @@ class WorkQueue:
             filter_subject=self.spec.subject,
             ack_policy=api.AckPolicy.EXPLICIT,
             ack_wait=self.spec.ack_wait,
-            max_deliver=self.spec.max_attempts + 1,
+            max_deliver=-1,  # `_process` counts attempts; the server must never drop a task silently
             max_ack_pending=self.spec.max_ack_pending,
             deliver_policy=api.DeliverPolicy.ALL,
         )
@@ -225,7 +226,12 @@ class WorkQueue:
         try:
             if dead is not None:
                 if self._on_dead is not None:
-                    await self._on_dead(task, dead)
+                    try:
+                        await self._on_dead(task, dead)
+                    except Exception as err:  # not told: keep the task, give it up again later
+                        log.warning("task_give_up_postponed", error=f"{type(err).__name__}: {err}")
+                        await task.nak(self.spec.delay_after(self.spec.max_attempts))
+                        return
                 await task.dead_letter(dead)
                 log.warning("task_dead_lettered", reason=dead)
             elif nak_delay is not None:

@@ -85,6 +85,7 @@ class BranchView(msgspec.Struct, kw_only=True):
 
 
 class RepoView(msgspec.Struct, kw_only=True):
+    created: datetime | None = None
     branches: dict[str, BranchView] = msgspec.field(default_factory=dict)
     commits: dict[str, CommitView] = msgspec.field(default_factory=dict)
     outputs: list[str] = msgspec.field(default_factory=list)  # output commits, in the order opened
@@ -115,7 +116,7 @@ def _note_output(view: FsView, repo: RepoView, commit_id: str, branch: BranchVie
 def evolve_fs(view: FsView, event: Event) -> FsView:
     match event:
         case RepoCreated():
-            view.repos[event.repo] = RepoView()
+            view.repos[event.repo] = RepoView(created=event.created)
         case RepoDeleted():
             view.repos.pop(event.repo, None)
         case CommitStarted():
@@ -144,7 +145,7 @@ def evolve_fs(view: FsView, event: Event) -> FsView:
 
 FS_VIEW = Projection(
     name="scheduler-fs",
-    schema="scheduler-fs-1",
+    schema="scheduler-fs-2",
     state_type=FsView,
     initial=FsView,
     evolve=evolve_fs,
@@ -210,9 +211,17 @@ class Job(msgspec.Struct, kw_only=True):
         return sum(1 for r in self.results.values() if r.state == state)
 
 
+class Deleted(msgspec.Struct, kw_only=True):
+    """A deleted pipeline whose output repo is still to be deleted (unless kept)."""
+
+    deleted: datetime
+    keep_repo: bool = False
+
+
 class PpsState(msgspec.Struct, kw_only=True):
     pipelines: dict[str, Pipeline] = msgspec.field(default_factory=dict)
     jobs: dict[str, dict[str, Job]] = msgspec.field(default_factory=dict)  # pipeline -> id -> job
+    deleted: dict[str, Deleted] = msgspec.field(default_factory=dict)
 
 
 def evolve(state: PpsState, event: PpsEvent) -> PpsState:
@@ -227,6 +236,7 @@ def evolve(state: PpsState, event: PpsEvent) -> PpsState:
                 specs={1: event.spec},
             )
             state.jobs[event.pipeline] = {}
+            state.deleted.pop(event.pipeline, None)
         case PipelineUpdated():
             pipeline = state.pipelines[event.pipeline]
             pipeline.version, pipeline.spec, pipeline.salt = event.version, event.spec, event.salt
@@ -239,7 +249,10 @@ def evolve(state: PpsState, event: PpsEvent) -> PpsState:
         case PipelineDeleted():
             state.pipelines.pop(event.pipeline, None)
             state.jobs.pop(event.pipeline, None)
+            state.deleted[event.pipeline] = Deleted(deleted=event.deleted, keep_repo=event.keep_repo)
         case JobCreated():
+            if event.pipeline not in state.jobs:
+                return state
             state.jobs[event.pipeline][event.job] = Job(
                 pipeline=event.pipeline,
                 id=event.job,
@@ -247,31 +260,37 @@ def evolve(state: PpsState, event: PpsEvent) -> PpsState:
                 inputs=list(event.inputs),
                 created=event.created,
             )
+        case JobStarted() | DatumsQueued() | DatumFinished() | JobFinished():
+            job = state.jobs.get(event.pipeline, {}).get(event.job)
+            if job is None or job.final:
+                return state  # an ended job changes no more (a step decided before it ended)
+            _evolve_job(job, event)
+        case _:
+            raise TypeError(f"the scheduler cannot apply {type(event).__name__}")
+    return state
+
+
+def _evolve_job(job: Job, event: JobStarted | DatumsQueued | DatumFinished | JobFinished) -> None:
+    match event:
         case JobStarted():
-            job = state.jobs[event.pipeline][event.job]
             job.started, job.plan, job.base = event.started, event.plan, event.base
             job.total, job.skipped, job.to_run = event.total, event.skipped, event.to_run
         case DatumsQueued():
-            state.jobs[event.pipeline][event.job].queued = True
+            job.queued = True
         case DatumFinished():
-            job = state.jobs[event.pipeline][event.job]
             job.results.setdefault(event.datum, event)
         case JobFinished():
-            job = state.jobs[event.pipeline][event.job]
             job.final, job.reason, job.finished, job.index = (
                 event.state,
                 event.reason,
                 event.finished,
                 event.index,
             )
-        case _:
-            raise TypeError(f"the scheduler cannot apply {type(event).__name__}")
-    return state
 
 
 PPS = Projection(
     name="scheduler",
-    schema="scheduler-1",
+    schema="scheduler-2",
     state_type=PpsState,
     initial=PpsState,
     evolve=evolve,
@@ -448,14 +467,14 @@ def decide_update_pipeline(
     }
 
 
-def decide_delete_pipeline(state: PpsState, name: str, now: datetime) -> Writes:
+def decide_delete_pipeline(state: PpsState, name: str, now: datetime, *, keep_repo: bool = False) -> Writes:
     pipeline_of(state, name)
     for other in state.pipelines.values():
         if other.name != name and any(p.repo == name for p in pfs_inputs(other.spec.input)):
             raise UserError(f'pipeline "{other.name}" reads the output of "{name}"; delete it first')
     return {
         subjects.job_events(name): _kill_unfinished(state, name, KILLED_BY_DELETE, now),
-        subjects.pipeline_events(name): [PipelineDeleted(pipeline=name, deleted=now)],
+        subjects.pipeline_events(name): [PipelineDeleted(pipeline=name, deleted=now, keep_repo=keep_repo)],
     }
 
 
@@ -513,12 +532,17 @@ def input_problem(view: FsView, job: Job) -> tuple[bool, str]:
     for given in job.inputs:
         repo = view.repos.get(given.repo)
         commit = repo.commits.get(given.commit) if repo is not None else None
+        if not given.commit:
+            return True, f"{given.repo}@{given.branch} had no head when output commit {job.id} was opened"
         if commit is None:
-            return True, f'input commit {given.commit or "(none)"} of repo "{given.repo}" is gone'
+            return True, f'input commit {given.commit} of repo "{given.repo}" was deleted'
         if not commit.finished:
             return False, ""
         if commit.error:
-            return True, f"unrunnable because the following upstream pipelines failed: {given.repo}"
+            return True, (
+                f"unrunnable because the following upstream pipelines failed: {given.repo} "
+                f"(its commit {given.commit}: {commit.error})"
+            )
     return True, ""
 
 
@@ -585,6 +609,40 @@ def timed_out(state: PpsState, now: datetime) -> Iterator[tuple[Job, str]]:
                 continue
             if (now - job.started).total_seconds() > parse_duration(spec.job_timeout).total_seconds():
                 yield job, f"job timed out after {spec.job_timeout} (job_timeout)"
+
+
+def outdated_jobs(state: PpsState) -> Iterator[Job]:
+    """Unfinished jobs of an earlier version than their pipeline's: an update kills them."""
+    for name, jobs in state.jobs.items():
+        pipeline = state.pipelines.get(name)
+        for job in jobs.values():
+            if pipeline is not None and not job.final and job.version < pipeline.version:
+                yield job
+
+
+def needs_new_output(state: PpsState, view: FsView) -> Iterator[Pipeline]:
+    """Updated pipelines with no job of their current version yet, whose output head is finished
+    (so a new output commit is needed for the new version to run at all)."""
+    for name, pipeline in state.pipelines.items():
+        if pipeline.version == 1:
+            continue
+        if any(j.version == pipeline.version for j in state.jobs.get(name, {}).values()):
+            continue
+        repo = view.repos.get(name)
+        branch = repo.branches.get(pipeline.spec.output_branch) if repo is not None else None
+        head = repo.commits.get(branch.head) if repo is not None and branch is not None else None
+        if head is not None and head.finished:
+            yield pipeline
+
+
+def repos_to_delete(state: PpsState, view: FsView) -> Iterator[str]:
+    """Output repos of deleted pipelines still in fs (not a repo made later under the same name)."""
+    for name, tombstone in state.deleted.items():
+        repo = view.repos.get(name)
+        if tombstone.keep_repo or repo is None or name in state.pipelines:
+            continue
+        if repo.created is not None and repo.created <= tombstone.deleted:
+            yield name
 
 
 def decide_record_datum(state: PpsState, result: DatumFinished) -> list[Event]:

@@ -15,15 +15,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, cast
 
 import msgspec
 
 from hw_events import datum_queue, fs, subjects
 from hw_events.bus import Handler
-from hw_events.errors import AlreadyExists, HeadwaterError, NotFound, ServiceUnavailable, UserError
+from hw_events.errors import (
+    AlreadyExists,
+    HeadwaterError,
+    NotFound,
+    ServiceUnavailable,
+    TransientError,
+    UserError,
+)
 from hw_events.messages import Command, Event, utcnow
 from hw_events.pipeline_spec import PipelineSpec, parse_pipeline_spec, pfs_inputs
 from hw_events.pps import (
@@ -61,6 +69,7 @@ from hw_events.workqueue import WorkQueue
 from hw_scheduler import datums, domain
 from hw_scheduler.blobs import JobBlobs
 from hw_scheduler.domain import FsView, Job, PpsState
+from hw_storage.blobs import BlobNotFound
 from hw_storage.config import open_store
 
 WAIT_AT_MOST = 60.0  # seconds one wait_job request waits; clients ask again
@@ -114,12 +123,7 @@ class Scheduler:
                     s, self.fs.state, spec, reprocess=command.reprocess, new_salt=new_salt, now=now
                 ),
             )
-            await self.finish_failed_outputs()
-            await self._fs(
-                fs.OpenOutputCommit(
-                    id=step_id("open-output", command.id), repo=spec.name, branch=spec.output_branch
-                )
-            )
+            await self.follow_updates()
             self.poke.set()
             return domain.pipeline_info(self.pps.state, domain.pipeline_of(self.pps.state, spec.name))
         return await self._create(command, spec)
@@ -172,17 +176,53 @@ class Scheduler:
         await self.fs.wait_for(last)
 
     async def delete_pipeline(self, command: DeletePipeline) -> None:
-        now = utcnow()
-        await self.rt.execute_across(
-            self.pps, command.id, lambda s: domain.decide_delete_pipeline(s, command.pipeline, now)
+        """Kill its jobs and finish their output commits first (none is left open for `wait commit`),
+        then delete the pipeline; the loop deletes its output repo (also after a stop in between)."""
+        name, now = command.pipeline, utcnow()
+        domain.decide_delete_pipeline(self.pps.state, name, now)  # refuses what cannot be deleted
+        await self.rt.execute(
+            self.pps,
+            subjects.job_events(name),
+            step_id("kill-for-delete", command.id),
+            lambda s: domain.decide_delete_pipeline(s, name, now)[subjects.job_events(name)],
         )
-        if not command.keep_repo and command.pipeline in self.fs.state.repos:
-            try:
+        await self.finish_failed_outputs()
+        await self.rt.execute(
+            self.pps,
+            subjects.pipeline_events(name),
+            command.id,
+            lambda s: domain.decide_delete_pipeline(s, name, now, keep_repo=command.keep_repo)[
+                subjects.pipeline_events(name)
+            ],
+        )
+        await self.delete_outputs()
+
+    async def delete_outputs(self) -> None:
+        for name in list(domain.repos_to_delete(self.pps.state, self.fs.state)):
+            deleted = self.pps.state.deleted[name].deleted.isoformat()
+            with contextlib.suppress(NotFound):
                 await self._fs(
-                    fs.DeleteRepo(id=step_id("delete-output", command.id), repo=command.pipeline, force=True)
+                    fs.DeleteRepo(id=step_id("delete-output", name, deleted), repo=name, force=True)
                 )
-            except NotFound:
-                pass
+
+    async def follow_updates(self) -> None:
+        """Kill jobs of earlier versions, and give an updated pipeline a job of its new version."""
+        now = utcnow()
+        for job in list(domain.outdated_jobs(self.pps.state)):
+            killed = JobFinished(
+                pipeline=job.pipeline, job=job.id, state=KILLED, reason=domain.KILLED_BY_UPDATE, finished=now
+            )
+            await self._job_event(
+                job, "outdated", functools.partial(domain.decide_job_finished, finished=killed)
+            )
+        await self.finish_failed_outputs()
+        for pipeline in list(domain.needs_new_output(self.pps.state, self.fs.state)):
+            opened = step_id(
+                "open-output", pipeline.name, pipeline.created.isoformat(), str(pipeline.version)
+            )
+            await self._fs(
+                fs.OpenOutputCommit(id=opened, repo=pipeline.name, branch=pipeline.spec.output_branch)
+            )
 
     async def stop_pipeline(self, command: StopPipeline) -> PipelineInfo:
         now = utcnow()
@@ -291,21 +331,40 @@ class Scheduler:
     async def step(self) -> None:
         await self.ensure_outputs()
         await self.create_jobs()
+        await self.follow_updates()
+        await self.delete_outputs()
         now = utcnow()
         for job, reason in list(domain.timed_out(self.pps.state, now)):
             killed = JobFinished(pipeline=job.pipeline, job=job.id, state=KILLED, reason=reason, finished=now)
-            await self._job_event(job, "timeout", domain.decide_job_finished(job, killed))
+            await self._job_event(
+                job, "timeout", functools.partial(domain.decide_job_finished, finished=killed)
+            )
         await self.finish_failed_outputs()
         for name in list(self.pps.state.pipelines):
             waiting = domain.next_job(self.pps.state, name)
             if waiting is not None:
-                await self.start_job(waiting)
+                await self.guarded(waiting, self.start_job)
         for jobs in list(self.pps.state.jobs.values()):
             for job in list(jobs.values()):
                 if job.started is not None and not job.queued and not job.final:
-                    await self.queue_job(job)
+                    await self.guarded(job, self.queue_job)
         for job in list(domain.jobs_to_finish(self.pps.state)):
-            await self.finish_job(job)
+            await self.guarded(job, self.finish_job)
+
+    async def guarded(self, job: Job, work: Callable[[Job], Awaitable[None]]) -> None:
+        """Do one step of one job, so that a job that cannot go on stops no other. What can never
+        work (its inputs or their files are gone) fails the job, saying why; a transient failure
+        is tried again on a later pass."""
+        try:
+            await work(job)
+        except (UserError, KeyError, BlobNotFound) as err:
+            why = err.message if isinstance(err, UserError) else f"{type(err).__name__}: {err}"
+            self.log.error("job_cannot_go_on", pipeline=job.pipeline, job=job.id, error=why)
+            reason = f"cannot go on: {why}"
+            await self._job_event(job, "broken", lambda j: domain.decide_job_failed(j, reason, utcnow()))
+            await self.finish_failed_outputs()
+        except TransientError as err:
+            self.log.warning("job_step_postponed", pipeline=job.pipeline, job=job.id, error=err.message)
 
     async def ensure_outputs(self) -> None:
         for pipeline in list(self.pps.state.pipelines.values()):
@@ -318,7 +377,10 @@ class Scheduler:
             event = msgspec.structs.replace(created, created=utcnow())
 
             def decide(s: PpsState, event: Any = event) -> list[Event]:
-                return [] if event.job in s.jobs.get(event.pipeline, {}) else [event]
+                pipeline = s.pipelines.get(event.pipeline)
+                if pipeline is None or event.job in s.jobs.get(event.pipeline, {}):
+                    return []
+                return [msgspec.structs.replace(event, version=pipeline.version)]
 
             await self.rt.execute(
                 self.pps,
@@ -335,7 +397,7 @@ class Scheduler:
                 continue  # finish_job finishes those, with their output
             await self._fs(
                 fs.FinishOutputCommit(
-                    id=job_step(self.pps.state, "finish-output", job.pipeline, job.id),
+                    id=job_step(self.pps.state, "output-failed", job.pipeline, job.id),
                     repo=job.pipeline,
                     commit=job.id,
                     error=f"{job.final}: {job.reason}" if job.reason else job.final,
@@ -347,7 +409,7 @@ class Scheduler:
         if not ready:
             return
         if problem:
-            await self._job_event(job, "unrunnable", domain.decide_job_failed(job, problem, utcnow()))
+            await self._job_event(job, "unrunnable", lambda j: domain.decide_job_failed(j, problem, utcnow()))
             return
         pipeline = self.pps.state.pipelines[job.pipeline]
         spec = pipeline.specs[job.version]
@@ -365,7 +427,7 @@ class Scheduler:
             skipped=skipped,
             to_run=len(planned.datums) - skipped,
         )
-        await self._job_event(job, "start", domain.decide_job_started(job, started))
+        await self._job_event(job, "start", lambda j: domain.decide_job_started(j, started))
         self.log.info("job_started", pipeline=job.pipeline, job=job.id, total=started.total, skipped=skipped)
 
     def _plan(self, job: Job, spec: PipelineSpec, salt: str, base_index: str) -> DatumPlan:
@@ -386,6 +448,9 @@ class Scheduler:
         )
 
     async def queue_job(self, job: Job) -> None:
+        _, problem = domain.input_problem(self.fs.state, job)
+        if problem:  # an input commit deleted since the job was planned
+            raise UserError(problem)
         plan = await asyncio.to_thread(self.blobs.plan, job.plan)
         spec = self.pps.state.pipelines[job.pipeline].specs[job.version]
         timeout = parse_duration(spec.datum_timeout).total_seconds() if spec.datum_timeout else 0.0
@@ -419,26 +484,25 @@ class Scheduler:
                 report=job_step(self.pps.state, planned.id, job.pipeline, job.id),
             )
             await self.queue.submit(subject, _encode(task), msg_id=f"{job.pipeline}:{job.id}:{planned.id}")
-        await self._job_event(job, "queued", domain.decide_queued(job))
+        await self._job_event(job, "queued", domain.decide_queued)
 
     async def finish_job(self, job: Job) -> None:
         now = utcnow()
         reason = domain.failure_reason(job)
+        if not reason:
+            try:
+                tree, index_key = await asyncio.to_thread(self._merge, job)
+            except datums.OutputCollision as collision:
+                reason = str(collision)
         if reason:
-            await self._job_event(job, "finish", domain.decide_job_failed(job, reason, now))
-            await self.finish_failed_outputs()
-            return
-        try:
-            tree, index_key = await asyncio.to_thread(self._merge, job)
-        except datums.OutputCollision as collision:
-            await self._job_event(job, "finish", domain.decide_job_failed(job, str(collision), now))
+            await self._job_event(job, "failed", lambda j: domain.decide_job_failed(j, reason, now))
             await self.finish_failed_outputs()
             return
         commit = self.fs.state.repos.get(job.pipeline, domain.RepoView()).commits.get(job.id)
         if commit is not None and not commit.finished:
             await self._fs(
                 fs.FinishOutputCommit(
-                    id=job_step(self.pps.state, "finish-output", job.pipeline, job.id),
+                    id=job_step(self.pps.state, "output-done", job.pipeline, job.id),
                     repo=job.pipeline,
                     commit=job.id,
                     layers=tree,
@@ -447,7 +511,7 @@ class Scheduler:
         finished = JobFinished(
             pipeline=job.pipeline, job=job.id, state=SUCCESS, finished=now, index=index_key
         )
-        await self._job_event(job, "finish", domain.decide_job_finished(job, finished))
+        await self._job_event(job, "succeeded", lambda j: domain.decide_job_finished(j, finished))
         self.log.info("job_finished", pipeline=job.pipeline, job=job.id, state=SUCCESS)
 
     def _merge(self, job: Job) -> tuple[list[str], str]:
@@ -470,14 +534,21 @@ class Scheduler:
         tree, _ = self.blobs.merged_output(outputs)
         return tree, self.blobs.save_index(DatumIndex(index))
 
-    async def _job_event(self, job: Job, step: str, events: list[Event]) -> None:
-        if not events:
+    async def _job_event(self, job: Job, step: str, decide: Callable[[Job], list[Event]]) -> None:
+        """Append what `decide` makes of the job as it is when appended (not as it was when this
+        step began: an update may have killed it meanwhile)."""
+
+        def on_current(state: PpsState) -> list[Event]:
+            current = state.jobs.get(job.pipeline, {}).get(job.id)
+            return decide(current) if current is not None else []
+
+        if job.pipeline not in self.pps.state.pipelines:
             return
         await self.rt.execute(
             self.pps,
             subjects.job_events(job.pipeline),
             job_step(self.pps.state, step, job.pipeline, job.id),
-            lambda _: events,
+            on_current,
         )
 
     async def _wait_for_news(self, marks: tuple[int, int]) -> None:

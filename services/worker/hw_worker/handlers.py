@@ -31,7 +31,6 @@ from hw_storage.config import open_store
 from hw_worker import domain, runner
 from hw_worker.pfs import Scratch, sweep_stale
 
-REPORT_FOR = 120.0  # seconds a report is retried while the scheduler does not answer
 _log_encoder = msgspec.json.Encoder()
 
 
@@ -162,15 +161,14 @@ class Worker:
     async def report(self, task: DatumTask, result: DatumFinished) -> None:
         key = task.report or f"datum:{result.pipeline}:{result.job}:{result.datum}"
         command = RecordDatum(id=commit_id_for(key), result=result)
-        deadline = time.monotonic() + REPORT_FOR
         pause = 0.2
-        while True:
+        while True:  # the work is done: wait for the scheduler as long as it takes, not redo it
             try:
                 await self.rt.bus.request(pps.SERVICE, command)
                 return
             except TransientError as err:
-                if time.monotonic() > deadline:
-                    raise
+                if self.rt.stopping.is_set():
+                    raise  # the task goes back to the queue: another worker runs it again
                 self.log.info("report_postponed", error=err.message)
             await asyncio.sleep(pause)
             pause = min(pause * 2, 2.0)

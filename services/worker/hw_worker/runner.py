@@ -29,6 +29,7 @@ PFS = "/pfs"
 NAMESPACE = "namespace"
 REWRITE = "rewrite"
 _MOUNT_THEN_RUN = 'mount --bind "$0" /pfs && exec "$@"'
+LAST_OUTPUT = 5.0  # seconds to read what is left in the pipes after the command ended
 
 LineSink = Callable[[str, str], Awaitable[None]]  # (stream, line)
 
@@ -132,17 +133,40 @@ async def run(
         while line := await stream.readline():
             await on_line(name, line.decode("utf-8", "replace").rstrip("\n"))
 
-    work = asyncio.gather(feed(), pump(proc.stdout, "stdout"), pump(proc.stderr, "stderr"), proc.wait())
+    readers = asyncio.gather(feed(), pump(proc.stdout, "stdout"), pump(proc.stderr, "stderr"))
+    code: int | None = None
     try:
-        await asyncio.wait_for(asyncio.shield(work), timeout or None)
+        code = await asyncio.wait_for(_exit_code(proc), timeout or None)
     except TimeoutError:
+        pass  # killed below, with whatever it started
+    finally:  # also when the worker is stopping (cancelled): leave no process behind
+        # What it left running in the background would hold its output open (and the datum with it).
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
+    try:
+        await asyncio.wait_for(readers, LAST_OUTPUT)
+    except TimeoutError:  # a process that left the group (setsid) still holds the pipes
+        readers.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await readers
+    if code is None:  # reap the killed process
         with contextlib.suppress(Exception):
-            await work
-        return Outcome(None, time.monotonic() - started)
-    except asyncio.CancelledError:  # the worker is stopping: leave no process behind
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        raise
-    return Outcome(proc.returncode, time.monotonic() - started)
+            await asyncio.wait_for(_exit_code(proc), LAST_OUTPUT)
+    return Outcome(code, time.monotonic() - started)
+
+
+async def _exit_code(proc: asyncio.subprocess.Process) -> int:
+    """The exit code, once the process has exited. `proc.wait()` alone also waits for its pipes to
+    close, which a child left running in the background may never do; so the code is also
+    looked at every few milliseconds."""
+    waiting = asyncio.ensure_future(proc.wait())
+    try:
+        pause = 0.005
+        while not waiting.done():
+            if proc.returncode is not None:
+                return proc.returncode
+            await asyncio.wait({waiting}, timeout=pause)
+            pause = min(pause * 2, 0.1)
+        return waiting.result()
+    finally:
+        waiting.cancel()
