@@ -95,6 +95,23 @@ class Client:
             time.sleep(pause)
             pause = min(pause * 2, 2.0)
 
+    def wait_for(
+        self, service: str, command: str, fields: dict[str, Any], *, timeout: float, what: str
+    ) -> Any:
+        """Ask a `wait_*` query again and again (each answered within a minute, also across a
+        restart of the service) until it answers, or `timeout` seconds (0: no limit) have passed."""
+        limit = timeout or 365 * 24 * 3600.0
+        deadline = time.monotonic() + limit
+        while True:
+            left = deadline - time.monotonic()
+            ask = {**fields, "timeout": max(min(left, 60.0), 0.1)}
+            try:
+                return self.request(service, command, ask, timeout=min(left, 60.0) + 10)
+            except TransientError:
+                if time.monotonic() >= deadline:
+                    raise ServiceUnavailable(f"{what} did not happen within {timeout:g}s") from None
+                time.sleep(0.2)
+
     def _send(self, service: str, command: str, body: bytes, timeout: float | None) -> Any:
         wait = self.timeout if timeout is None else timeout
         try:

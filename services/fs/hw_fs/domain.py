@@ -681,19 +681,28 @@ def decide_finish_commit(
     commit = finish_target(state, command.repo, command.ref)
     if commit.id != commit_id or commit.layers != seen:
         raise StalePlan(f"commit {commit.id} changed while it was being finished")
-    return {
-        command.repo: [
-            CommitFinished(
-                repo=command.repo,
-                commit=commit.id,
-                finished=now,
-                size_bytes=summary.size_bytes,
-                files=summary.files,
-                layers=list(summary.layers),
-                description=command.description,
-            )
-        ]
-    }
+    return {command.repo: [_finished(command.repo, commit.id, summary, now, description=command.description)]}
+
+
+def _finished(
+    repo: str,
+    commit: str,
+    summary: Summary,
+    now: datetime,
+    *,
+    description: str | None = None,
+    error: str = "",
+) -> CommitFinished:
+    return CommitFinished(
+        repo=repo,
+        commit=commit,
+        finished=now,
+        size_bytes=summary.size_bytes,
+        files=summary.files,
+        layers=list(summary.layers),
+        description=description,
+        error=error,
+    )
 
 
 # --- files -----------------------------------------------------------------------------------------
@@ -803,19 +812,7 @@ def decide_finish_output_commit(
         return {}  # finished already: a retried request after its reply was lost
     if summary is None:
         summary = Summary(commit.layers, commit.size_bytes, commit.files)
-    return {
-        command.repo: [
-            CommitFinished(
-                repo=command.repo,
-                commit=commit.id,
-                finished=now,
-                size_bytes=summary.size_bytes,
-                files=summary.files,
-                layers=list(summary.layers),
-                error=command.error,
-            )
-        ]
-    }
+    return {command.repo: [_finished(command.repo, commit.id, summary, now, error=command.error)]}
 
 
 def decide_open_output_commit(

@@ -59,6 +59,7 @@ from hw_events.pps import (
     PipelineUpdated,
     PpsEvent,
 )
+from hw_events.pps import EVENTS as PPS_EVENTS
 from hw_events.projection import Projection
 from hw_events.trigger_conditions import parse_duration
 
@@ -294,18 +295,7 @@ PPS = Projection(
     state_type=PpsState,
     initial=PpsState,
     evolve=evolve,
-    event_types=(
-        PipelineCreated,
-        PipelineUpdated,
-        PipelineStopped,
-        PipelineStarted,
-        PipelineDeleted,
-        JobCreated,
-        JobStarted,
-        DatumsQueued,
-        DatumFinished,
-        JobFinished,
-    ),
+    event_types=PPS_EVENTS,
 )
 
 # --- lookups ---------------------------------------------------------------------------------------

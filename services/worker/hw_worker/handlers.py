@@ -82,22 +82,26 @@ class Worker:
         name = f"{task.job[:8]}-{task.datum[:12]}-{uuid.uuid4().hex[:6]}"
         started = time.monotonic()
         say = self._logger(task)
-        pfs, downloaded = await asyncio.to_thread(self.scratch.prepare, name, task.inputs)
         try:
+            pfs, downloaded = await asyncio.to_thread(self.scratch.prepare, name, task.inputs)
             user_pfs = runner.PFS if self.isolation.mode == runner.NAMESPACE else pfs
             env = domain.datum_env(task, user_pfs, os.environ, self.rt.instance)
             transform = task.transform
             reason = ""
-            for attempt in range(1, task.datum_tries + 1):
-                await asyncio.to_thread(_empty_out, pfs)
-                await say("worker", "beginning to run user code")
-                outcome = await runner.run(
-                    self.isolation.argv(pfs, transform.cmd),
-                    stdin=self.isolation.text(domain.stdin_of(transform.stdin).decode(), pfs).encode(),
+
+            async def user_code(cmd: list[str], stdin: list[str]) -> runner.Outcome:
+                return await runner.run(
+                    self.isolation.argv(pfs, cmd),
+                    stdin=self.isolation.text(domain.stdin_of(stdin).decode(), pfs).encode(),
                     env=env,
                     timeout=task.datum_timeout,
                     on_line=say,
                 )
+
+            for attempt in range(1, task.datum_tries + 1):
+                await asyncio.to_thread(_empty_out, pfs)
+                await say("worker", "beginning to run user code")
+                outcome = await user_code(transform.cmd, transform.stdin)
                 if outcome.ok(transform.accept_return_code):
                     await say("worker", f"finished running user code after {outcome.seconds:.3f}s")
                     out = await asyncio.to_thread(self.scratch.upload_out, pfs)
@@ -120,14 +124,7 @@ class Worker:
             recovered = None
             if transform.err_cmd:
                 await say("worker", "running err_cmd")
-                err = await runner.run(
-                    self.isolation.argv(pfs, transform.err_cmd),
-                    stdin=self.isolation.text(domain.stdin_of(transform.err_stdin).decode(), pfs).encode(),
-                    env=env,
-                    timeout=task.datum_timeout,
-                    on_line=say,
-                )
-                recovered = err.ok(())
+                recovered = (await user_code(transform.err_cmd, transform.err_stdin)).ok(())
             return self.result(
                 task,
                 domain.after_failures(recovered),

@@ -130,24 +130,14 @@ def wait_args(p: argparse.ArgumentParser) -> None:
 
 
 def wait(args: argparse.Namespace) -> int:
-    import time
-
-    from hw_events.errors import ServiceUnavailable, TransientError
-
     target = refs.parse(args.commit)
-    deadline = time.monotonic() + (args.timeout or 365 * 24 * 3600)
     with Client.connect() as hw:
-        while True:  # the service answers within a minute; ask again (through restarts) until done
-            left = deadline - time.monotonic()
-            fields = {"repo": target.repo, "ref": target.ref, "timeout": max(min(left, 60.0), 0.1)}
-            try:
-                commit = hw.request("fs", "wait_commit", fields, timeout=min(left, 60.0) + 10)
-                break
-            except TransientError:
-                if time.monotonic() >= deadline:
-                    raise ServiceUnavailable(
-                        f"{args.commit} did not finish within {args.timeout:g}s"
-                    ) from None
-                time.sleep(0.2)
+        commit = hw.wait_for(
+            "fs",
+            "wait_commit",
+            {"repo": target.repo, "ref": target.ref},
+            timeout=args.timeout,
+            what=f"the finish of {args.commit}",
+        )
     _print([commit], args.output)
     return 0

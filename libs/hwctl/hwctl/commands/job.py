@@ -151,25 +151,15 @@ def wait_args(p: argparse.ArgumentParser) -> None:
 
 def wait(args: argparse.Namespace) -> int:
     """Wait until the job ends; exit 1 unless it succeeded."""
-    import time
-
-    from hw_events.errors import ServiceUnavailable, TransientError
-
     target = refs.parse(args.job)
-    deadline = time.monotonic() + (args.timeout or 365 * 24 * 3600)
     with Client.connect() as hw:
-        while True:  # the service answers within a minute; ask again (through restarts) until done
-            left = deadline - time.monotonic()
-            fields = {"pipeline": target.repo, "job": target.ref, "timeout": max(min(left, 60.0), 0.1)}
-            try:
-                job = hw.request(SCHEDULER, "wait_job", fields, timeout=min(left, 60.0) + 10)
-                break
-            except TransientError:
-                if time.monotonic() >= deadline:
-                    raise ServiceUnavailable(
-                        f"job {args.job} did not finish within {args.timeout:g}s"
-                    ) from None
-                time.sleep(0.2)
+        job = hw.wait_for(
+            SCHEDULER,
+            "wait_job",
+            {"pipeline": target.repo, "job": target.ref},
+            timeout=args.timeout,
+            what=f"the end of job {args.job}",
+        )
     _print([job], args.output)
     return 0 if job["state"] == "success" else 1
 
