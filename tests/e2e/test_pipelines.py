@@ -333,6 +333,13 @@ def test_adding_one_file_to_a_thousand_processes_one_datum(headwater: Home, tmp_
     assert len(output) == 1001
 
 
+def stop(runtime: Any, service: str, sig: signal.Signals) -> None:
+    """Signal a service and wait until it is gone (`hwctl up` would take it for running)."""
+    pid = runtime.services[service]
+    os.kill(pid, sig)
+    eventually(lambda: not pid_runs(pid, f"hw_{service}"), f"{service} stopped")
+
+
 def test_restarts_in_the_middle_of_a_job_lose_and_double_nothing(headwater: Home, tmp_path: Path) -> None:
     hwctl("create", "repo", "data")
     for i in range(16):
@@ -343,14 +350,13 @@ def test_restarts_in_the_middle_of_a_job_lose_and_double_nothing(headwater: Home
     hwctl("create", "pipeline", "-f", slow)
     runtime: Any = headwater.load()
     eventually(lambda: jobs("slow") and jobs("slow")[0]["data_processed"] >= 2, "the job under way")
-    os.kill(runtime.services["worker"], signal.SIGKILL)
-    os.kill(runtime.services["scheduler"], signal.SIGKILL)
+    stop(runtime, "worker", signal.SIGKILL)
+    stop(runtime, "scheduler", signal.SIGKILL)
     hwctl("up")
     eventually(lambda: jobs("slow")[0]["data_processed"] >= 8, "the job goes on")
     runtime = headwater.load()
-    os.kill(runtime.services["scheduler"], signal.SIGTERM)
-    os.kill(runtime.services["worker"], signal.SIGKILL)
-    eventually(lambda: not pid_runs(runtime.services["scheduler"], "hw_scheduler"), "the scheduler stopped")
+    stop(runtime, "scheduler", signal.SIGTERM)
+    stop(runtime, "worker", signal.SIGKILL)
     hwctl("up")
     (job,) = settled_jobs("slow", 1)
     assert (job["state"], job["data_processed"], job["data_total"]) == ("success", 16, 16)
