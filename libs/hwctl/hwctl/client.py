@@ -95,6 +95,18 @@ class Client:
             time.sleep(pause)
             pause = min(pause * 2, 2.0)
 
+    def next_message(self, stream: str, subject: str, seq: int) -> tuple[int, bytes] | None:
+        """The first message of `stream` at or after `seq` on `subject` (wildcards allowed), with
+        its sequence, read by JetStream's direct get; None when there is none (yet)."""
+        request = json.dumps({"seq": seq, "next_by_subj": subject}).encode()
+        try:
+            reply = self._conn.request(f"$JS.API.DIRECT.GET.{stream}", request, timeout=self.timeout)
+        except (NatsError, NoResponders, RequestTimeout) as err:
+            raise ServiceUnavailable(f"could not read {stream}: {err}") from None
+        if reply.status.startswith(("404", "408")):
+            return None
+        return int(reply.headers.get("Nats-Sequence", seq)), reply.data
+
     def wait_for(
         self, service: str, command: str, fields: dict[str, Any], *, timeout: float, what: str
     ) -> Any:

@@ -17,7 +17,6 @@ from hwctl.client import Client
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
-    from typing import Any
 
 FOLLOW_POLL = 0.25  # seconds between looks for new lines with -f
 
@@ -34,33 +33,19 @@ def logs_args(p: argparse.ArgumentParser) -> None:
     output.add_output_flag(p)
 
 
-def _next(hw: Client, subject: str, seq: int) -> tuple[int, Any] | None:
-    """The first line at or after `seq` on `subject`, with its sequence; None if there is none."""
-    from hw_events.errors import ServiceUnavailable
-
-    request = json.dumps({"seq": seq, "next_by_subj": subject}).encode()
-    try:
-        reply = hw._conn.request(f"$JS.API.DIRECT.GET.{subjects.LOGS_STREAM}", request, timeout=5.0)
-    except Exception as err:
-        raise ServiceUnavailable(f"could not read logs: {err}") from None
-    if reply.status.startswith(("404", "408")):
-        return None
-    return int(reply.headers.get("Nats-Sequence", seq)), json.loads(reply.data)
-
-
 def logs(args: argparse.Namespace) -> int:
     subject = subjects.log_subject(args.pipeline, args.job or "*", args.datum or "*")
     raw = args.raw or args.output == "json"
     with Client.connect() as hw:
         seq = 1
         while True:
-            found = _next(hw, subject, seq)
+            found = hw.next_message(subjects.LOGS_STREAM, subject, seq)
             if found is None:
                 if not args.follow:
                     return 0
                 time.sleep(FOLLOW_POLL)
                 continue
-            seq, line = found[0] + 1, found[1]
+            seq, line = found[0] + 1, json.loads(found[1])
             if not line.get("user", True) and not args.worker_messages and not raw:
                 continue
             if raw:
