@@ -391,3 +391,53 @@ def test_bad_specs_are_refused_naming_the_field(headwater: Home, tmp_path: Path)
         subprocess.run([HWCTL, "list", "repo"], capture_output=True, text=True, check=True).stdout.count("\n")
         == 2
     )
+
+
+def pool_pids(pipeline: str) -> list[int]:
+    """The worker processes of `pipeline` (the worker service starts them)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    argv = f.read().split(b"\0")
+            except OSError:
+                continue
+            if b"hw_worker.pool" in argv and pipeline.encode() in argv:
+                found.append(int(entry))
+    return sorted(found)
+
+
+def test_parallel_workers_share_a_job_and_a_killed_one_loses_nothing(headwater: Home, tmp_path: Path) -> None:
+    hwctl("create", "repo", "data")
+    for i in range(12):
+        put("data@master", f"/f{i:02}", f"{i}\n")
+    code = script(
+        tmp_path,
+        "slow.py",
+        """
+        import os, time
+        (name,) = os.listdir("/pfs/data")
+        time.sleep(0.5)
+        with open(f"/pfs/out/{name}", "a") as out:
+            out.write(open(f"/pfs/data/{name}").read() + os.environ["HW_WORKER"] + "\\n")
+        """,
+    )
+    hwctl(
+        "create",
+        "pipeline",
+        "-f",
+        pipeline_spec(tmp_path, "par", [PYTHON, code], parallelism_spec={"constant": 2}),
+    )
+    workers = eventually(lambda: len(pool_pids("par")) == 2 and pool_pids("par"), "two worker processes")
+    eventually(lambda: jobs("par") and jobs("par")[0]["data_processed"] >= 2, "the job under way")
+    os.kill(workers[0], signal.SIGKILL)  # mid-datum: its datum goes to the other worker
+    (job,) = settled_jobs("par", 1)
+    assert (job["state"], job["data_processed"], job["data_total"]) == ("success", 12, 12)
+    outputs = files("par@master")
+    assert sorted(outputs) == [f"/f{i:02}" for i in range(12)]
+    assert all(text.startswith(f"{i}\n") and text.count("\n") == 2 for i, text in enumerate(outputs.values()))
+    assert len({text.split("\n")[1] for text in outputs.values()}) >= 2  # both workers took datums
+    eventually(lambda: len(pool_pids("par")) == 2, "the killed worker is replaced")
+    hwctl("delete", "pipeline", "par")
+    eventually(lambda: pool_pids("par") == [], "a deleted pipeline's workers stop")

@@ -94,7 +94,6 @@ class Scheduler:
         self.pps = cast(Projector[PpsState], rt.projector(domain.PPS.name))
         self.fs = cast(Projector[FsView], rt.projector(domain.FS_VIEW.name))
         self.blobs = JobBlobs(open_store())
-        self.queue = WorkQueue(rt.nc, datum_queue.DATUMS)
         self.log = rt.log.bind(component="scheduling")
         self.poke = asyncio.Event()
 
@@ -459,6 +458,7 @@ class Scheduler:
             for i, given in enumerate(job.inputs)
         }
         subject = datum_queue.datum_subject(job.pipeline)
+        queue = WorkQueue(self.rt.nc, datum_queue.queue_for(job.pipeline))
         for planned in plan.datums:
             if planned.skip or planned.id in job.results:
                 continue
@@ -483,7 +483,7 @@ class Scheduler:
                 datum_timeout=timeout,
                 report=job_step(self.pps.state, planned.id, job.pipeline, job.id),
             )
-            await self.queue.submit(subject, _encode(task), msg_id=f"{job.pipeline}:{job.id}:{planned.id}")
+            await queue.submit(subject, _encode(task), msg_id=f"{job.pipeline}:{job.id}:{planned.id}")
         await self._job_event(job, "queued", domain.decide_queued)
 
     async def finish_job(self, job: Job) -> None:

@@ -1,11 +1,22 @@
 """The worker's decisions: pure, no I/O. What user code's environment holds, what it reads on
-stdin, and what a datum's attempts add up to."""
+stdin, what a datum's attempts add up to, and how many worker processes each pipeline wants."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from hw_events.pps import DATUM_FAILED, DATUM_RECOVERED, DatumTask
+import msgspec
+
+from hw_events.messages import Event
+from hw_events.pps import (
+    DATUM_FAILED,
+    DATUM_RECOVERED,
+    DatumTask,
+    PipelineCreated,
+    PipelineDeleted,
+    PipelineUpdated,
+)
+from hw_events.projection import Projection
 
 # Settings of Headwater's own processes that user code has no business seeing.
 _PRIVATE_PREFIXES = ("HW_", "NATS_", "AWS_SECRET", "MINIO_")
@@ -42,3 +53,47 @@ def stdin_of(lines: Sequence[str]) -> bytes:
 def after_failures(err_cmd_ok: bool | None) -> str:
     """Every attempt failed: with `err_cmd` (ran: True/False) it decides; without it, FAILED."""
     return DATUM_RECOVERED if err_cmd_ok else DATUM_FAILED
+
+
+# --- which worker processes should run ---------------------------------------------------------
+
+
+class Pools(msgspec.Struct, kw_only=True):
+    """How many worker processes each pipeline wants (`parallelism_spec.constant`, at least 1),
+    and the pipelines deleted since (whose queued tasks can go)."""
+
+    workers: dict[str, int] = msgspec.field(default_factory=dict)
+    deleted: set[str] = msgspec.field(default_factory=set)
+
+
+def evolve_pools(pools: Pools, event: Event) -> Pools:
+    match event:
+        case PipelineCreated() | PipelineUpdated():
+            pools.workers[event.pipeline] = event.spec.workers
+            pools.deleted.discard(event.pipeline)
+        case PipelineDeleted():
+            pools.workers.pop(event.pipeline, None)
+            pools.deleted.add(event.pipeline)
+        case _:
+            pass
+    return pools
+
+
+POOLS = Projection(
+    name="worker-pools",
+    schema="worker-pools-1",
+    state_type=Pools,
+    initial=Pools,
+    evolve=evolve_pools,
+    event_types=(PipelineCreated, PipelineUpdated, PipelineDeleted),
+)
+
+
+def changes(wanted: Mapping[str, int], running: Mapping[str, int]) -> dict[str, int]:
+    """Per pipeline, how many processes to start (positive) or stop (negative)."""
+    out = {}
+    for name in wanted.keys() | running.keys():
+        delta = wanted.get(name, 0) - running.get(name, 0)
+        if delta:
+            out[name] = delta
+    return out

@@ -11,21 +11,20 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import socket
 import tempfile
 import time
 import uuid
-from collections.abc import Mapping
 from typing import Any
 
 import msgspec
 
-from hw_events import datum_queue, pps, subjects
-from hw_events.bus import Handler
+from hw_events import datum_queue, observability, pps, subjects
+from hw_events.bus import CommandClient
 from hw_events.errors import TransientError, UserError
 from hw_events.fs import commit_id_for
-from hw_events.messages import Command, utcnow
+from hw_events.messages import utcnow
 from hw_events.pps import DATUM_SUCCESS, DatumFinished, DatumTask, LogLine, RecordDatum
-from hw_events.service import Runtime
 from hw_events.workqueue import Task, WorkQueue
 from hw_storage.config import open_store
 from hw_worker import domain, runner
@@ -35,21 +34,34 @@ _log_encoder = msgspec.json.Encoder()
 
 
 class Worker:
-    def __init__(self, rt: Runtime) -> None:
-        self.rt = rt
-        self.queue = WorkQueue(rt.nc, datum_queue.DATUMS)
+    """Runs one pipeline's datums, `concurrency` at a time, with its own NATS connection."""
+
+    def __init__(
+        self,
+        nc: Any,
+        pipeline: str,
+        *,
+        stopping: asyncio.Event,
+        isolation: runner.Isolation,
+        concurrency: int = 1,
+    ) -> None:
+        self.nc = nc
+        self.bus = CommandClient(nc)
+        self.stopping = stopping
+        self.instance = f"{socket.gethostname()}-{os.getpid()}"
+        self.queue = WorkQueue(nc, datum_queue.queue_for(pipeline))
         scratch = os.environ.get("HW_WORKER_SCRATCH") or os.path.join(tempfile.gettempdir(), "hw-worker")
         sweep_stale(scratch)  # what workers killed mid-datum left behind
         self.scratch = Scratch(open_store(), os.path.join(scratch, str(os.getpid())))
-        self.isolation = runner.choose_isolation(os.environ.get("HW_WORKER_ISOLATION", ""))
-        self.concurrency = int(os.environ.get("HW_WORKER_CONCURRENCY", "2"))
-        self.log = rt.log.bind(component="worker", isolation=self.isolation.mode)
+        self.isolation = isolation
+        self.concurrency = concurrency if isolation.mode != runner.OWN_NAMESPACE else 1  # one /pfs
+        self.log = observability.log(component="worker", pipeline=pipeline, isolation=isolation.mode)
 
     async def run(self) -> None:
         await self.queue.ensure()
         self.log.info("worker_taking_datums", concurrency=self.concurrency)
         await self.queue.run(
-            self.handle, stop=self.rt.stopping, concurrency=self.concurrency, on_dead=self.given_up
+            self.handle, stop=self.stopping, concurrency=self.concurrency, on_dead=self.given_up
         )
 
     async def handle(self, task: Task) -> None:
@@ -74,7 +86,7 @@ class Worker:
             job=task.job,
             datum=task.datum,
             state=state,
-            worker=self.rt.instance,
+            worker=self.instance,
             **fields,
         )
 
@@ -84,19 +96,20 @@ class Worker:
         say = self._logger(task)
         try:
             pfs, downloaded = await asyncio.to_thread(self.scratch.prepare, name, task.inputs)
-            user_pfs = runner.PFS if self.isolation.mode == runner.NAMESPACE else pfs
-            env = domain.datum_env(task, user_pfs, os.environ, self.rt.instance)
+            user_pfs = runner.PFS if self.isolation.private else pfs
+            env = domain.datum_env(task, user_pfs, os.environ, self.instance)
             transform = task.transform
             reason = ""
 
             async def user_code(cmd: list[str], stdin: list[str]) -> runner.Outcome:
-                return await runner.run(
-                    self.isolation.argv(pfs, cmd),
-                    stdin=self.isolation.text(domain.stdin_of(stdin).decode(), pfs).encode(),
-                    env=env,
-                    timeout=task.datum_timeout,
-                    on_line=say,
-                )
+                with self.isolation.mounted(pfs):
+                    return await runner.run(
+                        self.isolation.argv(pfs, cmd),
+                        stdin=self.isolation.text(domain.stdin_of(stdin).decode(), pfs).encode(),
+                        env=env,
+                        timeout=task.datum_timeout,
+                        on_line=say,
+                    )
 
             for attempt in range(1, task.datum_tries + 1):
                 await asyncio.to_thread(_empty_out, pfs)
@@ -134,7 +147,7 @@ class Worker:
                 attempts=task.datum_tries,
             )
         finally:
-            await self.rt.nc.flush()
+            await self.nc.flush()
             await asyncio.to_thread(self.scratch.clean, name)
 
     def _logger(self, task: DatumTask) -> runner.LineSink:
@@ -145,13 +158,13 @@ class Worker:
                 pipeline=task.pipeline,
                 job=task.job,
                 datum=task.datum,
-                worker=self.rt.instance,
+                worker=self.instance,
                 stream=stream,
                 ts=utcnow(),
                 message=line,
                 user=stream != "worker",
             )
-            await self.rt.nc.publish(subject, _log_encoder.encode(entry))
+            await self.nc.publish(subject, _log_encoder.encode(entry))
 
         return say
 
@@ -161,10 +174,10 @@ class Worker:
         pause = 0.2
         while True:  # the work is done: wait for the scheduler as long as it takes, not redo it
             try:
-                await self.rt.bus.request(pps.SERVICE, command)
+                await self.bus.request(pps.SERVICE, command)
                 return
             except TransientError as err:
-                if self.rt.stopping.is_set():
+                if self.stopping.is_set():
                     raise  # the task goes back to the queue: another worker runs it again
                 self.log.info("report_postponed", error=err.message)
             await asyncio.sleep(pause)
@@ -175,8 +188,3 @@ def _empty_out(pfs: str) -> None:
     out = os.path.join(pfs, "out")
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)
-
-
-def setup(rt: Runtime) -> Mapping[type[Command], Handler]:
-    rt.background(Worker(rt).run)
-    return {}

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from hw_events import service
-from hw_worker import handlers
+from hw_events import service, streams, subjects
+from hw_worker import domain, supervisor
 
-# The worker keeps no state of its own: each task carries everything it needs.
-SPEC = service.ServiceSpec(name="worker", setup=handlers.setup)
+SPEC = service.ServiceSpec(
+    name="worker",
+    replays=[service.Replay(streams.PPS, domain.POOLS, subjects=(subjects.PIPELINE_EVENTS,))],
+    setup=supervisor.setup,
+)
 
 
 def main() -> None:

@@ -17,17 +17,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 PFS = "/pfs"
 NAMESPACE = "namespace"
 REWRITE = "rewrite"
+OWN_NAMESPACE = "own-namespace"  # the worker process itself is in a private mount namespace
+_CLONE_NEWNS = 0x00020000
+_MS_REC, _MS_PRIVATE, _MS_BIND = 0x4000, 0x40000, 0x1000
+_MNT_DETACH = 2
 _MOUNT_THEN_RUN = 'mount --bind "$0" /pfs && exec "$@"'
 LAST_OUTPUT = 5.0  # seconds to read what is left in the pipes after the command ended
 
@@ -39,14 +44,64 @@ class Isolation:
     mode: str
     prefix: tuple[str, ...] = ()  # what goes before the command in namespace mode
 
+    @property
+    def private(self) -> bool:
+        """User code sees `/pfs` itself (not a rewritten path)."""
+        return self.mode in (NAMESPACE, OWN_NAMESPACE)
+
     def argv(self, pfs: str, cmd: Sequence[str]) -> list[str]:
         if self.mode == NAMESPACE:
             return [*self.prefix, "sh", "-c", _MOUNT_THEN_RUN, pfs, *cmd]
+        if self.mode == OWN_NAMESPACE:
+            return list(cmd)
         return [rewrite(arg, pfs) for arg in cmd]
 
     def text(self, value: str, pfs: str) -> str:
         """What user code sees of a path or text naming `/pfs`."""
-        return value if self.mode == NAMESPACE else rewrite(value, pfs)
+        return value if self.private else rewrite(value, pfs)
+
+    @contextlib.contextmanager
+    def mounted(self, pfs: str) -> Iterator[None]:
+        """With its own namespace, the datum's folder is `/pfs` for as long as this lasts (one datum
+        at a time per worker process); otherwise nothing to do here."""
+        if self.mode != OWN_NAMESPACE:
+            yield
+            return
+        _mount(pfs, PFS, _MS_BIND)
+        try:
+            yield
+        finally:
+            _libc().umount2(PFS.encode(), _MNT_DETACH)
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _mount(source: str | None, target: str, flags: int) -> None:
+    if _libc().mount(source.encode() if source else None, target.encode(), None, flags, None) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount {source or ''} on {target}: {os.strerror(err)}")
+
+
+def enter_own_namespace() -> bool:
+    """Move this process into a private mount namespace where `/pfs` can be mounted per datum
+    without a process per datum to do it. Call before any thread starts (`unshare` refuses a
+    process with threads); needs the right to mount (root). False when not allowed."""
+    if not os.path.isdir(PFS):
+        with contextlib.suppress(OSError):
+            os.makedirs(PFS, exist_ok=True)
+    try:
+        libc = _libc()
+        if libc.unshare(_CLONE_NEWNS) != 0:
+            return False
+        _mount(None, "/", _MS_REC | _MS_PRIVATE)  # nothing mounted here leaks out, nor in
+        with tempfile.TemporaryDirectory(prefix="hw-probe-") as probe:
+            _mount(probe, PFS, _MS_BIND)
+            libc.umount2(PFS.encode(), _MNT_DETACH)
+    except OSError:
+        return False
+    return True
 
 
 def rewrite(value: str, pfs: str) -> str:
@@ -66,10 +121,13 @@ def _probe(prefix: tuple[str, ...]) -> bool:
         return done.returncode == 0 and done.stdout == b"ok"
 
 
-def choose_isolation(forced: str = "") -> Isolation:
-    """The best way this machine allows (or the forced one, if it works)."""
+def choose_isolation(forced: str = "", *, own_namespace: bool = False) -> Isolation:
+    """The best way this machine allows (or the forced one, if it works); `own_namespace`: this
+    process already entered one (`enter_own_namespace`)."""
     if forced == REWRITE:
         return Isolation(REWRITE)
+    if own_namespace:
+        return Isolation(OWN_NAMESPACE)
     if not os.path.isdir(PFS):
         with contextlib.suppress(OSError):
             os.makedirs(PFS, exist_ok=True)  # an empty mount point; datums' files never land in it

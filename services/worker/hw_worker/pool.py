@@ -1,0 +1,67 @@
+"""One worker process of one pipeline: `python -m hw_worker.pool PIPELINE`. The worker service
+starts `parallelism_spec.constant` of them per pipeline and starts again any that dies.
+
+It enters a private mount namespace first (before any thread exists), so each datum's folder is
+mounted at `/pfs` with two system calls instead of a process; where that is not allowed it falls
+back to a namespace per datum, then to path rewriting (see `runner`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import signal
+import sys
+
+from hw_events import observability, service
+from hw_worker import runner
+from hw_worker.handlers import Worker
+
+_PR_SET_PDEATHSIG = 1
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        sys.exit("usage: python -m hw_worker.pool PIPELINE")
+    pipeline = args[0]
+    _die_with_parent()
+    forced = os.environ.get("HW_WORKER_ISOLATION", "")
+    own = forced in ("", runner.NAMESPACE) and runner.enter_own_namespace()
+    observability.configure("worker")
+    isolation = runner.choose_isolation(forced, own_namespace=own)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        nc = await service.connect(service.Settings().nats_url, f"headwater-worker-{pipeline}")
+        try:
+            concurrency = int(os.environ.get("HW_WORKER_CONCURRENCY", "1"))
+            await Worker(nc, pipeline, stopping=stop, isolation=isolation, concurrency=concurrency).run()
+        finally:
+            await nc.drain()
+
+    try:
+        asyncio.run(run())
+    except Exception:
+        observability.log().exception("worker_crashed", pipeline=pipeline)
+        sys.exit(1)
+
+
+def _die_with_parent() -> None:
+    """Be told (SIGTERM) when the worker service that started this process dies, however it dies."""
+    parent = os.environ.get("HW_WORKER_PARENT")
+    if not parent:
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != int(parent):  # it died before the request was made
+        sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

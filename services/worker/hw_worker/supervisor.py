@@ -1,0 +1,111 @@
+"""The worker service: keeps `parallelism_spec.constant` worker processes (`hw_worker.pool`) per
+pipeline, as the pipeline events say, and starts again any that dies.
+
+This is the embedded default's stand-in for what Kubernetes does with one Deployment per pipeline:
+the processes take datums from their pipeline's queue and need nothing from this one. A worker
+process dies with the service (the kernel tells it: `PR_SET_PDEATHSIG`), so a service killed and
+started again never leaves two sets behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping
+from typing import cast
+
+from nats.js.errors import NotFoundError
+
+from hw_events import datum_queue, streams
+from hw_events.bus import Handler
+from hw_events.errors import ServiceUnavailable
+from hw_events.messages import Command
+from hw_events.projection import Projector
+from hw_events.service import Runtime
+from hw_worker import domain
+from hw_worker.domain import Pools
+
+LOOK_AGAIN = 1.0  # seconds between checks that every process still runs
+STOP_WITHIN = 10.0
+
+
+class Supervisor:
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.pools = cast(Projector[Pools], rt.projector(domain.POOLS.name))
+        self.running: dict[str, list[subprocess.Popen[bytes]]] = {}
+        self.cleared: set[str] = set()
+        self.log = rt.log.bind(component="supervisor")
+
+    async def run(self) -> None:
+        await self._forget_consumer(datum_queue.SHARED_DURABLE)
+        try:
+            while not self.rt.stopping.is_set():
+                await self.converge()
+                await self._news(self.pools.applied)
+        finally:
+            await asyncio.to_thread(self.stop_all)
+
+    async def _news(self, mark: int) -> None:
+        with contextlib.suppress(ServiceUnavailable):  # after LOOK_AGAIN: see to the processes
+            await self.pools.wait_until(lambda _: self.pools.applied != mark, LOOK_AGAIN, "pipelines")
+
+    async def converge(self) -> None:
+        for name, procs in self.running.items():
+            for proc in [p for p in procs if p.poll() is not None]:
+                self.log.warning("worker_exited", pipeline=name, pid=proc.pid, code=proc.returncode)
+                procs.remove(proc)
+        counts = {name: len(procs) for name, procs in self.running.items()}
+        for name, delta in domain.changes(self.pools.state.workers, counts).items():
+            procs = self.running.setdefault(name, [])
+            for _ in range(delta):
+                procs.append(self.start(name))
+            for _ in range(-delta):
+                proc = procs.pop()
+                await asyncio.to_thread(_stop, [proc])
+        for name in self.pools.state.deleted - self.cleared:
+            await self.clear(name)
+
+    def start(self, pipeline: str) -> subprocess.Popen[bytes]:
+        env = {**os.environ, "HW_WORKER_PARENT": str(os.getpid())}
+        proc = subprocess.Popen([sys.executable, "-m", "hw_worker.pool", pipeline], env=env)
+        self.log.info("worker_started", pipeline=pipeline, pid=proc.pid)
+        return proc
+
+    async def clear(self, pipeline: str) -> None:
+        """A deleted pipeline's consumer and queued tasks go (a pipeline made again is new)."""
+        if pipeline in self.pools.state.workers:
+            return
+        await self._forget_consumer(datum_queue.queue_for(pipeline).durable)
+        with contextlib.suppress(NotFoundError):
+            await self.rt.js.purge_stream(streams.TASKS.name, subject=datum_queue.datum_subject(pipeline))
+        self.cleared.add(pipeline)
+
+    async def _forget_consumer(self, durable: str) -> None:
+        with contextlib.suppress(NotFoundError):
+            await self.rt.js.delete_consumer(streams.TASKS.name, durable)
+
+    def stop_all(self) -> None:
+        _stop([p for procs in self.running.values() for p in procs])
+        self.running.clear()
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(STOP_WITHIN)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def setup(rt: Runtime) -> Mapping[type[Command], Handler]:
+    rt.background(Supervisor(rt).run)
+    return {}
