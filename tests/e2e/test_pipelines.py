@@ -441,3 +441,26 @@ def test_parallel_workers_share_a_job_and_a_killed_one_loses_nothing(headwater: 
     eventually(lambda: len(pool_pids("par")) == 2, "the killed worker is replaced")
     hwctl("delete", "pipeline", "par")
     eventually(lambda: pool_pids("par") == [], "a deleted pipeline's workers stop")
+
+
+def test_a_stopped_pipeline_runs_nothing_until_started_then_catches_up(
+    headwater: Home, tmp_path: Path
+) -> None:
+    hwctl("create", "repo", "data")
+    for i in range(6):
+        put("data@master", f"/f{i}", f"{i}\n")
+    slow = pipeline_spec(tmp_path, "nap", ["sh", "-c", "sleep 0.5; cp /pfs/data/* /pfs/out/"])
+    hwctl("create", "pipeline", "-f", slow)
+    eventually(lambda: jobs("nap") and jobs("nap")[0]["state"] == "running", "the job under way")
+    hwctl("stop", "pipeline", "nap")
+    (killed,) = settled_jobs("nap", 1)
+    assert (killed["state"], killed["reason"]) == ("killed", "killed because pipeline was stopped")
+    eventually(lambda: pool_pids("nap") == [], "a stopped pipeline's workers stop")
+    assert json_lines("inspect", "pipeline", "nap")[0]["state"] == "paused"
+    put("data@master", "/f6", "6\n")
+    time.sleep(1)
+    assert [j["state"] for j in jobs("nap")] == ["killed", "created"]  # made, not run
+    hwctl("start", "pipeline", "nap")
+    done = settled_jobs("nap", 2)[-1]
+    assert (done["state"], done["data_processed"], done["data_total"]) == ("success", 7, 7)
+    assert sorted(files("nap@master")) == [f"/f{i}" for i in range(7)]

@@ -149,13 +149,39 @@ def test_a_failed_job_is_never_the_base_of_the_next(world: World) -> None:
     assert domain.base_job(world.pps, "count", second) is None
 
 
-def test_a_stopped_pipeline_starts_no_job_until_started(world: World) -> None:
+def test_stopping_kills_unfinished_jobs_and_starting_runs_one_over_the_inputs(world: World) -> None:
     world.pipeline(spec())
-    world.create_jobs()
+    job = world.create_jobs()[0].job
     world.pps_apply(domain.decide_stop_pipeline(world.pps, "count", T0))
+    assert (world.pps.jobs["count"][job].final, world.pps.jobs["count"][job].reason) == (
+        KILLED,
+        domain.KILLED_BY_STOP,
+    )
+    world.fs_apply(
+        fs_domain.decide_finish_output_commit(
+            world.fs, fs_domain_finish("count", job, error="killed"), None, T0
+        )
+    )
+    world.put("data", "master")  # a job is made while stopped, but does not start
+    (waiting,) = world.create_jobs()
     assert domain.next_job(world.pps, "count") is None
+    assert list(domain.needs_new_output(world.pps, world.view)) == []
     world.pps_apply(domain.decide_start_pipeline(world.pps, "count", T0))
-    assert domain.next_job(world.pps, "count") is not None
+    assert domain.next_job(world.pps, "count").id == waiting.job  # type: ignore[union-attr]
+    assert list(domain.needs_new_output(world.pps, world.view)) == []  # that job covers the inputs
+
+
+def test_starting_after_a_stop_with_nothing_new_opens_a_job_over_the_inputs(world: World) -> None:
+    world.pipeline(spec())
+    job = world.create_jobs()[0].job
+    world.pps_apply(domain.decide_stop_pipeline(world.pps, "count", T0))
+    world.fs_apply(
+        fs_domain.decide_finish_output_commit(
+            world.fs, fs_domain_finish("count", job, error="killed"), None, T0
+        )
+    )
+    world.pps_apply(domain.decide_start_pipeline(world.pps, "count", T0))
+    assert [p.name for p in domain.needs_new_output(world.pps, world.view)] == ["count"]
 
 
 def test_a_hand_move_makes_a_job_named_after_the_commit_moved_to(world: World) -> None:

@@ -67,6 +67,7 @@ Writes = dict[str, list[Event]]  # aggregate subject -> events
 
 KILLED_BY_UPDATE = "all jobs killed because pipeline was updated"
 KILLED_BY_DELETE = "all jobs killed because pipeline was deleted"
+KILLED_BY_STOP = "killed because pipeline was stopped"
 
 # --- the file store, as scheduling sees it ---------------------------------------------------------
 
@@ -468,10 +469,15 @@ def decide_delete_pipeline(state: PpsState, name: str, now: datetime, *, keep_re
     }
 
 
-def decide_stop_pipeline(state: PpsState, name: str, now: datetime) -> list[Event]:
+def decide_stop_pipeline(state: PpsState, name: str, now: datetime) -> Writes:
+    """Start no new job, and kill the unfinished ones; `start pipeline` runs one over the inputs
+    as they are then."""
     if pipeline_of(state, name).state == PIPELINE_PAUSED:
-        return []
-    return [PipelineStopped(pipeline=name, stopped=now)]
+        return {}
+    return {
+        subjects.pipeline_events(name): [PipelineStopped(pipeline=name, stopped=now)],
+        subjects.job_events(name): _kill_unfinished(state, name, KILLED_BY_STOP, now),
+    }
 
 
 def decide_start_pipeline(state: PpsState, name: str, now: datetime) -> list[Event]:
@@ -611,12 +617,16 @@ def outdated_jobs(state: PpsState) -> Iterator[Job]:
 
 
 def needs_new_output(state: PpsState, view: FsView) -> Iterator[Pipeline]:
-    """Updated pipelines with no job of their current version yet, whose output head is finished
-    (so a new output commit is needed for the new version to run at all)."""
+    """Running pipelines whose output head is finished but whose inputs were never processed by
+    their current spec: updated, with no job of the new version yet; or started again after a
+    stop killed their newest job. A new output commit makes that job."""
     for name, pipeline in state.pipelines.items():
-        if pipeline.version == 1:
+        if pipeline.state == PIPELINE_PAUSED:
             continue
-        if any(j.version == pipeline.version for j in state.jobs.get(name, {}).values()):
+        jobs = list(state.jobs.get(name, {}).values())
+        updated = pipeline.version > 1 and not any(j.version == pipeline.version for j in jobs)
+        stopped = bool(jobs) and jobs[-1].final == KILLED and jobs[-1].reason == KILLED_BY_STOP
+        if not (updated or stopped):
             continue
         repo = view.repos.get(name)
         branch = repo.branches.get(pipeline.spec.output_branch) if repo is not None else None

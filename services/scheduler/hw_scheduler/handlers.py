@@ -216,8 +216,10 @@ class Scheduler:
             )
         await self.finish_failed_outputs()
         for pipeline in list(domain.needs_new_output(self.pps.state, self.fs.state)):
+            # Once per version and newest job: asked again after a restart, it opens one commit.
+            newest = next(reversed(self.pps.state.jobs.get(pipeline.name, {})), "")
             opened = step_id(
-                "open-output", pipeline.name, pipeline.created.isoformat(), str(pipeline.version)
+                "open-output", pipeline.name, pipeline.created.isoformat(), str(pipeline.version), newest
             )
             await self._fs(
                 fs.OpenOutputCommit(id=opened, repo=pipeline.name, branch=pipeline.spec.output_branch)
@@ -225,12 +227,10 @@ class Scheduler:
 
     async def stop_pipeline(self, command: StopPipeline) -> PipelineInfo:
         now = utcnow()
-        await self.rt.execute(
-            self.pps,
-            subjects.pipeline_events(command.pipeline),
-            command.id,
-            lambda s: domain.decide_stop_pipeline(s, command.pipeline, now),
+        await self.rt.execute_across(
+            self.pps, command.id, lambda s: domain.decide_stop_pipeline(s, command.pipeline, now)
         )
+        await self.finish_failed_outputs()
         return domain.pipeline_info(self.pps.state, domain.pipeline_of(self.pps.state, command.pipeline))
 
     async def start_pipeline(self, command: StartPipeline) -> PipelineInfo:
@@ -241,6 +241,7 @@ class Scheduler:
             command.id,
             lambda s: domain.decide_start_pipeline(s, command.pipeline, now),
         )
+        await self.follow_updates()
         self.poke.set()
         return domain.pipeline_info(self.pps.state, domain.pipeline_of(self.pps.state, command.pipeline))
 

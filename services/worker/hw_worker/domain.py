@@ -14,6 +14,8 @@ from hw_events.pps import (
     DatumTask,
     PipelineCreated,
     PipelineDeleted,
+    PipelineStarted,
+    PipelineStopped,
     PipelineUpdated,
 )
 from hw_events.projection import Projection
@@ -59,11 +61,15 @@ def after_failures(err_cmd_ok: bool | None) -> str:
 
 
 class Pools(msgspec.Struct, kw_only=True):
-    """How many worker processes each pipeline wants (`parallelism_spec.constant`, at least 1),
-    and the pipelines deleted since (whose queued tasks can go)."""
+    """How many worker processes each pipeline wants (`parallelism_spec.constant`, at least 1;
+    none while stopped), and the pipelines deleted since (whose queued tasks can go)."""
 
     workers: dict[str, int] = msgspec.field(default_factory=dict)
+    paused: set[str] = msgspec.field(default_factory=set)
     deleted: set[str] = msgspec.field(default_factory=set)
+
+    def wanted(self) -> dict[str, int]:
+        return {name: n for name, n in self.workers.items() if name not in self.paused}
 
 
 def evolve_pools(pools: Pools, event: Event) -> Pools:
@@ -73,7 +79,12 @@ def evolve_pools(pools: Pools, event: Event) -> Pools:
             pools.deleted.discard(event.pipeline)
         case PipelineDeleted():
             pools.workers.pop(event.pipeline, None)
+            pools.paused.discard(event.pipeline)
             pools.deleted.add(event.pipeline)
+        case PipelineStopped():
+            pools.paused.add(event.pipeline)
+        case PipelineStarted():
+            pools.paused.discard(event.pipeline)
         case _:
             pass
     return pools
@@ -85,7 +96,7 @@ POOLS = Projection(
     state_type=Pools,
     initial=Pools,
     evolve=evolve_pools,
-    event_types=(PipelineCreated, PipelineUpdated, PipelineDeleted),
+    event_types=(PipelineCreated, PipelineUpdated, PipelineDeleted, PipelineStopped, PipelineStarted),
 )
 
 

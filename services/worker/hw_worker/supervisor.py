@@ -39,6 +39,7 @@ class Supervisor:
         self.pools = cast(Projector[Pools], rt.projector(domain.POOLS.name))
         self.running: dict[str, list[subprocess.Popen[bytes]]] = {}
         self.cleared: set[str] = set()
+        self.purged: set[str] = set()
         self.log = rt.log.bind(component="supervisor")
 
     async def run(self) -> None:
@@ -60,7 +61,7 @@ class Supervisor:
                 self.log.warning("worker_exited", pipeline=name, pid=proc.pid, code=proc.returncode)
                 procs.remove(proc)
         counts = {name: len(procs) for name, procs in self.running.items()}
-        for name, delta in domain.changes(self.pools.state.workers, counts).items():
+        for name, delta in domain.changes(self.pools.state.wanted(), counts).items():
             procs = self.running.setdefault(name, [])
             for _ in range(delta):
                 procs.append(self.start(name))
@@ -69,6 +70,11 @@ class Supervisor:
                 await asyncio.to_thread(_stop, [proc])
         for name in self.pools.state.deleted - self.cleared:
             await self.clear(name)
+        # A stopped pipeline's jobs were killed: their queued datums need not run.
+        for name in self.pools.state.paused - self.purged:
+            await self._purge(name)
+            self.purged.add(name)
+        self.purged &= self.pools.state.paused
 
     def start(self, pipeline: str) -> subprocess.Popen[bytes]:
         env = {**os.environ, "HW_WORKER_PARENT": str(os.getpid())}
@@ -81,9 +87,12 @@ class Supervisor:
         if pipeline in self.pools.state.workers:
             return
         await self._forget_consumer(datum_queue.queue_for(pipeline).durable)
+        await self._purge(pipeline)
+        self.cleared.add(pipeline)
+
+    async def _purge(self, pipeline: str) -> None:
         with contextlib.suppress(NotFoundError):
             await self.rt.js.purge_stream(streams.TASKS.name, subject=datum_queue.datum_subject(pipeline))
-        self.cleared.add(pipeline)
 
     async def _forget_consumer(self, durable: str) -> None:
         with contextlib.suppress(NotFoundError):
