@@ -464,3 +464,36 @@ def test_a_stopped_pipeline_runs_nothing_until_started_then_catches_up(
     done = settled_jobs("nap", 2)[-1]
     assert (done["state"], done["data_processed"], done["data_total"]) == ("success", 7, 7)
     assert sorted(files("nap@master")) == [f"/f{i}" for i in range(7)]
+
+
+def test_an_input_trigger_defers_jobs_to_a_branch_of_its_own(headwater: Home, tmp_path: Path) -> None:
+    hwctl("create", "repo", "data")
+    put("data@master", "/f0", "0\n")
+    every = {"pfs": {"repo": "data", "glob": "/*", "trigger": {"commits": 2}}}
+    spec = pipeline_spec(tmp_path, "batch", ["sh", "-c", "cp /pfs/data/* /pfs/out/"], input=every)
+    hwctl("create", "pipeline", "-f", spec)
+    branches = {b["name"]: b for b in json_lines("list", "branch", "data")}
+    assert branches["batch-trigger-1"]["trigger"] == {
+        "branch": "master",
+        "size": "",
+        "commits": 2,
+        "cron": "",
+        "all": False,
+    }
+    (first,) = settled_jobs("batch", 1)  # the trigger branch starts at master's head: f0 is processed
+    assert first["data_processed"] == 1
+    put("data@master", "/f1", "1\n")
+    time.sleep(1)
+    assert len(jobs("batch")) == 1  # one new commit: not enough
+    second = put("data@master", "/f2", "2\n")
+    job = settled_jobs("batch", 2)[-1]
+    assert job["id"] == second
+    assert job["inputs"][0]["branch"] == "batch-trigger-1"
+    assert sorted(files("batch@master")) == ["/f0", "/f1", "/f2"]
+    every["pfs"]["trigger"] = {"commits": 3}
+    spec = pipeline_spec(tmp_path, "batch", ["sh", "-c", "cp /pfs/data/* /pfs/out/"], input=every)
+    hwctl("update", "pipeline", "-f", spec)
+    trigger = json_lines("inspect", "branch", "data@batch-trigger-1")[0]["trigger"]
+    assert trigger["commits"] == 3  # the same branch, the new trigger
+    hwctl("delete", "pipeline", "batch")
+    assert "batch-trigger-1" in [b["name"] for b in json_lines("list", "branch", "data")]

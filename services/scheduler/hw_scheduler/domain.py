@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import datetime
+from typing import NamedTuple
 
 import msgspec
 
@@ -24,13 +25,15 @@ from hw_events.fs import (
     BranchCreated,
     BranchDeleted,
     BranchHeadMoved,
+    BranchTriggerSet,
     CommitFinished,
     CommitStarted,
     RepoCreated,
     RepoDeleted,
+    Trigger,
 )
 from hw_events.messages import Event
-from hw_events.pipeline_spec import Input, PipelineSpec, input_name, pfs_inputs
+from hw_events.pipeline_spec import Input, PfsInput, PipelineSpec, input_name, pfs_inputs
 from hw_events.pps import (
     CREATED,
     DATUM_FAILED,
@@ -84,6 +87,7 @@ class CommitView(msgspec.Struct, kw_only=True):
 class BranchView(msgspec.Struct, kw_only=True):
     head: str
     provenance: tuple[str, ...] = ()
+    trigger: Trigger | None = None
 
 
 class RepoView(msgspec.Struct, kw_only=True):
@@ -132,7 +136,7 @@ def evolve_fs(view: FsView, event: Event) -> FsView:
             commit.finished, commit.layers, commit.error = True, tuple(event.layers), event.error
         case BranchCreated():
             repo = view.repos[event.repo]
-            branch = BranchView(head=event.head, provenance=tuple(event.provenance))
+            branch = BranchView(head=event.head, provenance=tuple(event.provenance), trigger=event.trigger)
             repo.branches[event.branch] = branch
             if branch.provenance:  # its first commit was started before the branch knew its inputs
                 _note_output(view, repo, event.head, branch)
@@ -140,6 +144,8 @@ def evolve_fs(view: FsView, event: Event) -> FsView:
             view.repos[event.repo].branches[event.branch].head = event.head
         case BranchDeleted():
             view.repos[event.repo].branches.pop(event.branch, None)
+        case BranchTriggerSet():
+            view.repos[event.repo].branches[event.branch].trigger = event.trigger
         case _:
             pass  # files and triggers do not matter here
     return view
@@ -147,7 +153,7 @@ def evolve_fs(view: FsView, event: Event) -> FsView:
 
 FS_VIEW = Projection(
     name="scheduler-fs",
-    schema="scheduler-fs-2",
+    schema="scheduler-fs-3",
     state_type=FsView,
     initial=FsView,
     evolve=evolve_fs,
@@ -159,6 +165,7 @@ FS_VIEW = Projection(
         BranchCreated,
         BranchHeadMoved,
         BranchDeleted,
+        BranchTriggerSet,
     ),
 )
 
@@ -316,9 +323,43 @@ def job_of(state: PpsState, pipeline: str, job: str) -> Job:
     return found
 
 
+class ReadBranch(NamedTuple):
+    input: PfsInput
+    branch: str  # what the pipeline reads: the input's branch, or its trigger branch
+    trigger: Trigger | None  # on `branch`, following the input's branch
+
+
+def read_branches(spec: PipelineSpec) -> list[ReadBranch]:
+    """Each pfs input, in order, with the branch the pipeline reads. An input with a `trigger`
+    reads `<pipeline>-trigger-<n>` (n counts such inputs from 1), a branch of the input repo that
+    follows the input's branch when the trigger's conditions hold."""
+    out, n = [], 0
+    for pfs in pfs_inputs(spec.input):
+        if pfs.trigger is None:
+            out.append(ReadBranch(pfs, pfs.branch, None))
+            continue
+        n += 1
+        t = pfs.trigger
+        trigger = Trigger(branch=pfs.branch, size=t.size, commits=t.commits, cron=t.cron, all=t.all)
+        out.append(ReadBranch(pfs, f"{spec.name}-trigger-{n}", trigger))
+    return out
+
+
 def input_sources(spec: PipelineSpec) -> list[str]:
     """The branches a pipeline reads, as provenance: "repo@branch", sorted, once each."""
-    return sorted({f"{p.repo}@{p.branch}" for p in pfs_inputs(spec.input)})
+    return sorted({f"{r.input.repo}@{r.branch}" for r in read_branches(spec)})
+
+
+def triggers_to_set(state: PpsState, view: FsView) -> Iterator[tuple[Pipeline, str, str, Trigger]]:
+    """(pipeline, repo, branch, trigger) for each input trigger branch missing or set otherwise."""
+    for pipeline in state.pipelines.values():
+        for read in read_branches(pipeline.spec):
+            if read.trigger is None:
+                continue
+            repo = view.repos.get(read.input.repo)
+            branch = repo.branches.get(read.branch) if repo is not None else None
+            if repo is not None and (branch is None or branch.trigger != read.trigger):
+                yield pipeline, read.input.repo, read.branch, read.trigger
 
 
 def describe_input(spec_input: Input) -> str:
@@ -494,9 +535,12 @@ def job_inputs(spec: PipelineSpec, commit: CommitView) -> list[JobInput]:
     heads = commit.inputs or {}
     return [
         JobInput(
-            name=input_name(p), repo=p.repo, branch=p.branch, commit=heads.get(f"{p.repo}@{p.branch}", "")
+            name=input_name(r.input),
+            repo=r.input.repo,
+            branch=r.branch,
+            commit=heads.get(f"{r.input.repo}@{r.branch}", ""),
         )
-        for p in pfs_inputs(spec.input)
+        for r in read_branches(spec)
     ]
 
 

@@ -101,13 +101,6 @@ class Scheduler:
 
     async def create_pipeline(self, command: CreatePipeline) -> PipelineInfo:
         spec = parse_pipeline_spec(command.spec)
-        for pfs_input in pfs_inputs(spec.input):
-            if pfs_input.trigger is not None:
-                raise UserError(
-                    f'pipeline "{spec.name}": input.pfs.trigger is not supported yet; give the input '
-                    f"branch a trigger instead (`hwctl create branch {pfs_input.repo}@{pfs_input.branch} "
-                    f"--trigger ...`)"
-                )
         now = utcnow()
         if command.update:
             if spec.name not in self.pps.state.pipelines:
@@ -122,6 +115,7 @@ class Scheduler:
                     s, self.fs.state, spec, reprocess=command.reprocess, new_salt=new_salt, now=now
                 ),
             )
+            await self.ensure_triggers()
             await self.follow_updates()
             self.poke.set()
             return domain.pipeline_info(self.pps.state, domain.pipeline_of(self.pps.state, spec.name))
@@ -143,14 +137,15 @@ class Scheduler:
         when missing, as a user would expect of a pipeline on a new repo)."""
         spec, view = pipeline.spec, self.fs.state
         made = pipeline.created.isoformat()  # a pipeline made again under the same name is new
-        for source in domain.input_sources(spec):
-            repo, _, branch = source.partition("@")
+        for read in domain.read_branches(spec):
+            repo, branch = read.input.repo, read.input.branch
             if repo in view.repos and branch not in view.repos[repo].branches:
                 await self._fs(
                     fs.CreateBranch(
-                        id=step_id("input-branch", spec.name, made, source), repo=repo, branch=branch
+                        id=step_id("input-branch", spec.name, made, repo, branch), repo=repo, branch=branch
                     )
                 )
+        await self.ensure_triggers()
         if spec.name not in view.repos:
             await self._fs(fs.CreateRepo(id=step_id("output-repo", spec.name, made), repo=spec.name))
         if spec.output_branch not in self.fs.state.repos.get(spec.name, domain.RepoView()).branches:
@@ -162,6 +157,18 @@ class Scheduler:
                     provenance=domain.input_sources(spec),
                 )
             )
+
+    async def ensure_triggers(self) -> None:
+        """Input trigger branches exist with the trigger their pipeline's spec gives (an update
+        sets the new one on the same branch; deleting the pipeline leaves the branch)."""
+        for pipeline, repo, branch, trigger in list(domain.triggers_to_set(self.pps.state, self.fs.state)):
+            made = pipeline.created.isoformat()
+            key = step_id("input-trigger", pipeline.name, made, str(pipeline.version), repo, branch)
+            view = self.fs.state.repos[repo]
+            # A new trigger branch starts where its source is: what is there now is processed at
+            # once, and the trigger's conditions count what comes after.
+            head = trigger.branch if branch not in view.branches and trigger.branch in view.branches else ""
+            await self._fs(fs.CreateBranch(id=key, repo=repo, branch=branch, head=head, trigger=trigger))
 
     async def _fs(self, command: Command) -> None:
         """Send a command to fs; one that finds its work done (a concurrent step) is fine. Returns
@@ -367,6 +374,7 @@ class Scheduler:
             self.log.warning("job_step_postponed", pipeline=job.pipeline, job=job.id, error=err.message)
 
     async def ensure_outputs(self) -> None:
+        await self.ensure_triggers()
         for pipeline in list(self.pps.state.pipelines.values()):
             repo = self.fs.state.repos.get(pipeline.name)
             if repo is None or pipeline.spec.output_branch not in repo.branches:
