@@ -497,3 +497,46 @@ def test_an_input_trigger_defers_jobs_to_a_branch_of_its_own(headwater: Home, tm
     assert trigger["commits"] == 3  # the same branch, the new trigger
     hwctl("delete", "pipeline", "batch")
     assert "batch-trigger-1" in [b["name"] for b in json_lines("list", "branch", "data")]
+
+
+def test_restarts_at_random_points_leave_every_job_right(headwater: Home, tmp_path: Path) -> None:
+    """Kill the scheduler, the worker service or one worker process at random moments while jobs
+    run, many times; every job must still end, the last with every output once."""
+    import random
+
+    chance = random.Random(int(os.environ.get("HW_CHAOS_SEED", "5")))
+    hwctl("create", "repo", "data")
+    put("data@master", "/f00", "0\n")
+    slow = pipeline_spec(
+        tmp_path,
+        "chaos",
+        ["sh", "-c", "sleep 0.2; for f in /pfs/data/*; do cat $f >> /pfs/out/$(basename $f); done"],
+        parallelism_spec={"constant": 2},
+    )
+    hwctl("create", "pipeline", "-f", slow)
+    added = 1
+    for _ in range(8):
+        for _ in range(3):
+            put("data@master", f"/f{added:02}", f"{added}\n")
+            added += 1
+        time.sleep(chance.uniform(0.2, 1.2))
+        runtime: Any = headwater.load()
+        victim = chance.choice(["scheduler", "worker", "pool"])
+        if victim == "pool":
+            pids = pool_pids("chaos")
+            if pids:
+                os.kill(chance.choice(pids), signal.SIGKILL)
+        else:
+            stop(runtime, victim, signal.SIGKILL)
+            hwctl("up")
+    finals = ("success", "failure", "killed")
+    every = eventually(
+        lambda: (found := jobs("chaos")) and all(j["state"] in finals for j in found) and found,
+        "every job ended",
+        timeout=120,
+    )
+    assert all(j["state"] == "success" for j in every), [(j["id"], j["state"], j["reason"]) for j in every]
+    for job in every:
+        assert job["data_processed"] + job["data_skipped"] == job["data_total"]
+    assert every[-1]["data_total"] == added
+    assert files("chaos@master") == {f"/f{i:02}": f"{i}\n" for i in range(added)}
