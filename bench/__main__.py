@@ -10,7 +10,7 @@ import asyncio
 import tempfile
 from pathlib import Path
 
-from bench import cli, files, log, triggers
+from bench import cli, files, log, pipelines, triggers
 from bench.report import print_table, progress, write_json
 from tests.infra import nats_server, s3_server
 
@@ -31,6 +31,7 @@ def main() -> None:
         results.append(asyncio.run(log.appends(server.url, n=50_000 // scale, runs=3)))
     results.extend(cli.startup(runs=40 // scale if args.quick else 40))
     results.extend(triggers.latency(commits=100 // scale))
+    results.extend(pipelines.run_all(quick=args.quick))
     with tempfile.TemporaryDirectory(prefix="hw-bench-s3-") as workdir, s3_server(Path(workdir)) as s3:
         results.extend(files.run_all(s3, quick=args.quick))
     print()

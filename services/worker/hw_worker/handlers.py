@@ -54,7 +54,11 @@ class Worker:
         sweep_stale(scratch)  # what workers killed mid-datum left behind
         self.scratch = Scratch(open_store(), os.path.join(scratch, str(os.getpid())))
         self.isolation = isolation
-        self.concurrency = concurrency if isolation.mode != runner.OWN_NAMESPACE else 1  # one /pfs
+        # A worker runs one datum's user code at a time (with its own namespace there is one /pfs),
+        # but takes the next datum while the last one's output is uploaded and reported: the round
+        # trips of one overlap the run of the other.
+        self.concurrency = concurrency
+        self.running = asyncio.Lock()
         self.log = observability.log(component="worker", pipeline=pipeline, isolation=isolation.mode)
 
     async def run(self) -> None:
@@ -102,14 +106,15 @@ class Worker:
             reason = ""
 
             async def user_code(cmd: list[str], stdin: list[str]) -> runner.Outcome:
-                with self.isolation.mounted(pfs):
-                    return await runner.run(
-                        self.isolation.argv(pfs, cmd),
-                        stdin=self.isolation.text(domain.stdin_of(stdin).decode(), pfs).encode(),
-                        env=env,
-                        timeout=task.datum_timeout,
-                        on_line=say,
-                    )
+                async with self.running:
+                    with self.isolation.mounted(pfs):
+                        return await runner.run(
+                            self.isolation.argv(pfs, cmd),
+                            stdin=self.isolation.text(domain.stdin_of(stdin).decode(), pfs).encode(),
+                            env=env,
+                            timeout=task.datum_timeout,
+                            on_line=say,
+                        )
 
             for attempt in range(1, task.datum_tries + 1):
                 await asyncio.to_thread(_empty_out, pfs)

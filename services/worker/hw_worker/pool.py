@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
             loop.add_signal_handler(sig, stop.set)
         nc = await service.connect(service.Settings().nats_url, f"headwater-worker-{pipeline}")
         try:
-            concurrency = int(os.environ.get("HW_WORKER_CONCURRENCY", "1"))
+            concurrency = int(os.environ.get("HW_WORKER_CONCURRENCY", "2"))
             await Worker(nc, pipeline, stopping=stop, isolation=isolation, concurrency=concurrency).run()
         finally:
             await nc.drain()
