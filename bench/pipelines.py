@@ -67,7 +67,9 @@ def _seconds(job: dict[str, Any], start: str = "started") -> float:
     return (datetime.fromisoformat(job["finished"]) - datetime.fromisoformat(job[start])).total_seconds()
 
 
-def _pipeline(env: dict[str, str], folder: Path, name: str, cmd: list[str], glob: str, workers: int) -> None:
+def _pipeline(
+    env: dict[str, str], folder: Path, name: str, cmd: list[str], *, glob: str, workers: int
+) -> None:
     spec = {
         "pipeline": {"name": name},
         "transform": {"cmd": cmd},
@@ -107,7 +109,7 @@ def overhead_and_skipping(*, datums: int) -> list[Result]:
         progress(f"putting {datums} files...")
         _hwctl(env, "put", "file", "-r", "bench@master:/", "-f", str(_files(folder, datums)))
         progress(f"running {datums} datums of `true` on 2 workers...")
-        _pipeline(env, folder, "nothing", ["true"], "/d/*", 2)
+        _pipeline(env, folder, "nothing", ["true"], glob="/d/*", workers=2)
         (first,) = _settled(env, "nothing", 1)
         job_time = _seconds(first)
         bare = _bare_spawns(datums)
@@ -175,7 +177,14 @@ async def _start_latencies(nats_url: str, pipeline: str) -> tuple[list[float], l
 def start_latency(*, commits: int) -> list[Result]:
     with tempfile.TemporaryDirectory(prefix="hw-bench-start-") as workdir, headwater(Path(workdir)) as env:
         folder = Path(workdir)
-        _pipeline(env, folder, "echo", ["sh", "-c", "cp /pfs/bench/* /pfs/out/ 2>/dev/null; true"], "/", 1)
+        _pipeline(
+            env,
+            folder,
+            "echo",
+            ["sh", "-c", "cp /pfs/bench/* /pfs/out/ 2>/dev/null; true"],
+            glob="/",
+            workers=1,
+        )
         _settled(env, "echo", 1)
         progress(f"timing job starts over {commits} commits...")
         puts = []
@@ -232,7 +241,9 @@ def scaling(*, datums: int) -> list[Result]:
         times = {}
         for workers in (1, 2):
             progress(f"{datums} CPU-bound datums on {workers} worker(s)...")
-            _pipeline(env, folder, f"cpu{workers}", [sys.executable, "-c", CPU_WORK], "/d/*", workers)
+            _pipeline(
+                env, folder, f"cpu{workers}", [sys.executable, "-c", CPU_WORK], glob="/d/*", workers=workers
+            )
             (job,) = _settled(env, f"cpu{workers}", 1)
             times[workers] = _seconds(job)
             progress(f"  {times[workers]:.2f} s")
