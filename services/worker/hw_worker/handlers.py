@@ -117,12 +117,14 @@ class Worker:
                         )
 
             for attempt in range(1, task.datum_tries + 1):
-                await asyncio.to_thread(_empty_out, pfs)
+                if attempt > 1:  # (prepare made it empty for the first)
+                    await asyncio.to_thread(_empty_out, pfs)
                 await say("worker", "beginning to run user code")
                 outcome = await user_code(transform.cmd, transform.stdin)
                 if outcome.ok(transform.accept_return_code):
                     await say("worker", f"finished running user code after {outcome.seconds:.3f}s")
-                    out = await asyncio.to_thread(self.scratch.upload_out, pfs)
+                    out = await asyncio.to_thread(self.scratch.upload_out, pfs, clean=name)
+                    name = ""  # cleaned
                     return self.result(
                         task,
                         DATUM_SUCCESS,
@@ -152,8 +154,8 @@ class Worker:
                 attempts=task.datum_tries,
             )
         finally:
-            await self.nc.flush()
-            await asyncio.to_thread(self.scratch.clean, name)
+            if name:
+                await asyncio.to_thread(self.scratch.clean, name)
 
     def _logger(self, task: DatumTask) -> runner.LineSink:
         subject = subjects.log_subject(task.pipeline, task.job, task.datum)
