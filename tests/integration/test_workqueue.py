@@ -215,3 +215,42 @@ async def test_a_task_whose_worker_dies_on_the_last_attempt_is_kept_not_lost(
     assert letters[0].data == b"fragile"
     assert "the last worker to take it stopped before finishing" in letters[0].reason
     assert processes.pid_alive(stuck.pid) is False
+
+
+async def test_a_busy_consumer_takes_no_task_it_cannot_start_and_overlaps_only_the_tail(
+    nc: Any, queue: WorkQueue
+) -> None:
+    """Two workers on one queue, each able to hold two tasks but start one (`busy=1`): while the
+    first is stuck in a long task, the second gets the other task instead of it waiting."""
+    for key in ("long", "short"):
+        await queue.submit(task_subject(queue, key), key.encode())
+    release = asyncio.Event()
+    taken: dict[bytes, str] = {}
+    both = asyncio.Event()
+
+    def handler(name: str) -> Callable[[Task], Awaitable[None]]:
+        async def handle(task: Task) -> None:
+            taken[task.data] = name
+            if len(taken) == 2:
+                both.set()
+            if task.data == b"long":
+                await release.wait()
+            task.free_slot()
+
+        return handle
+
+    stop = asyncio.Event()
+    first = asyncio.create_task(queue.run(handler("a"), stop=stop, poll=0.1, concurrency=2, busy=1))
+    await asyncio.sleep(0.3)  # a alone: it starts one task and, busy with it, takes no other
+    assert taken == {b"long": "a"}  # (tasks come in the order they were submitted)
+    second = asyncio.create_task(queue.run(handler("b"), stop=stop, poll=0.1, concurrency=2, busy=1))
+    try:
+        await asyncio.wait_for(both.wait(), 5)  # a is stuck in the long one: b gets the short one
+        assert taken[b"short"] == "b"
+    finally:
+        release.set()
+        await asyncio.sleep(0.2)
+        stop.set()
+        await asyncio.gather(first, second)
+    assert set(taken) == {b"long", b"short"}
+    assert await remaining(nc, queue) == 0

@@ -67,6 +67,14 @@ class Task:
     msg: Any
     queue: WorkQueue
     settled: bool = field(default=False)
+    slot: asyncio.Semaphore | None = None  # see `WorkQueue.run(busy=...)`
+
+    def free_slot(self) -> None:
+        """This task no longer holds up the next one (its main work is done; what is left, such as
+        reporting, may overlap the next task's work). Once; the queue does it at the end anyway."""
+        if self.slot is not None:
+            slot, self.slot = self.slot, None
+            slot.release()
 
     @property
     def data(self) -> bytes:
@@ -162,13 +170,18 @@ class WorkQueue:
         concurrency: int = 1,
         poll: float = 1.0,
         on_dead: Callable[[Task, str], Awaitable[None]] | None = None,
+        busy: int = 0,
     ) -> None:
         """Take tasks and run `handler` on up to `concurrency` at once, until `stop` is set.
 
         Tasks already taken are finished before this returns. `on_dead` hears of every task given
         up (with the reason) before it is dead-lettered, so whoever waits for it can be told.
+        With `busy`, at most that many tasks are taken and not yet past `Task.free_slot()`: a task
+        is taken only when there is room to start on it, so none waits here behind a long one
+        while another consumer of the queue is idle.
         """
         self._on_dead = on_dead
+        slots = asyncio.Semaphore(busy) if busy else None
         psub = await self._js.pull_subscribe_bind(self.spec.durable, stream=self.spec.stream.name)
         running: set[asyncio.Task[None]] = set()
         try:
@@ -177,12 +190,18 @@ class WorkQueue:
                 if free <= 0:
                     await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                     continue
+                if slots is not None:
+                    if not await _acquire(slots, stop):
+                        break
+                    free = 1
                 try:
                     msgs = await psub.fetch(free, timeout=poll)
                 except nats.errors.TimeoutError:
-                    continue
+                    msgs = []
+                if slots is not None and not msgs:
+                    slots.release()
                 for msg in msgs:
-                    job = asyncio.create_task(self._process(Task(msg, self), handler))
+                    job = asyncio.create_task(self._process(Task(msg, self, slot=slots), handler))
                     running.add(job)
                     job.add_done_callback(running.discard)
         finally:
@@ -198,6 +217,7 @@ class WorkQueue:
                 f"gave up after {self.spec.max_attempts} attempts: "
                 "the last worker to take it stopped before finishing"
             )
+            task.free_slot()
             await self._settle(task, log, dead=lost)
             return
         beat = asyncio.create_task(self._heartbeat(task))
@@ -218,6 +238,7 @@ class WorkQueue:
             await self._settle(task, log)
         finally:
             beat.cancel()
+            task.free_slot()
 
     async def _settle(
         self, task: Task, log: Any, *, dead: str | None = None, nak_delay: float | None = None
@@ -268,6 +289,18 @@ class WorkQueue:
             }
         )
         await self._js.publish(subjects.dead_letter_subject(task.subject), task.data, headers=headers)
+
+
+async def _acquire(slots: asyncio.Semaphore, stop: asyncio.Event) -> bool:
+    """Take a slot; False if told to stop first."""
+    taking = asyncio.ensure_future(slots.acquire())
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({taking, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if taking.done():
+        return True
+    taking.cancel()
+    return False
 
 
 @dataclass(frozen=True)

@@ -55,8 +55,8 @@ class Worker:
         self.scratch = Scratch(open_store(), os.path.join(scratch, str(os.getpid())))
         self.isolation = isolation
         # A worker runs one datum's user code at a time (with its own namespace there is one /pfs),
-        # but takes the next datum while the last one's output is uploaded and reported: the round
-        # trips of one overlap the run of the other.
+        # and takes the next datum only then (`busy=1`), so no datum waits here behind a long one
+        # while another worker is idle; but the upload and report of one overlap the next.
         self.concurrency = concurrency
         self.running = asyncio.Lock()
         self.log = observability.log(component="worker", pipeline=pipeline, isolation=isolation.mode)
@@ -65,7 +65,7 @@ class Worker:
         await self.queue.ensure()
         self.log.info("worker_taking_datums", concurrency=self.concurrency)
         await self.queue.run(
-            self.handle, stop=self.stopping, concurrency=self.concurrency, on_dead=self.given_up
+            self.handle, stop=self.stopping, concurrency=self.concurrency, on_dead=self.given_up, busy=1
         )
 
     async def handle(self, task: Task) -> None:
@@ -73,7 +73,7 @@ class Worker:
             datum = task.decode(DatumTask)
         except (msgspec.ValidationError, msgspec.DecodeError) as err:
             raise UserError(f"malformed datum task: {err}") from None
-        result = await self.process(datum)
+        result = await self.process(datum, task)
         await self.report(datum, result)
 
     async def given_up(self, task: Task, reason: str) -> None:
@@ -94,7 +94,8 @@ class Worker:
             **fields,
         )
 
-    async def process(self, task: DatumTask) -> DatumFinished:
+    async def process(self, task: DatumTask, delivery: Task | None = None) -> DatumFinished:
+        """Run the datum; once its user code is done, `delivery` frees its slot for the next."""
         name = f"{task.job[:8]}-{task.datum[:12]}-{uuid.uuid4().hex[:6]}"
         started = time.monotonic()
         say = self._logger(task)
@@ -122,6 +123,8 @@ class Worker:
                 await say("worker", "beginning to run user code")
                 outcome = await user_code(transform.cmd, transform.stdin)
                 if outcome.ok(transform.accept_return_code):
+                    if delivery is not None:
+                        delivery.free_slot()  # the next datum may start while this one uploads
                     await say("worker", f"finished running user code after {outcome.seconds:.3f}s")
                     out = await asyncio.to_thread(self.scratch.upload_out, pfs, clean=name)
                     name = ""  # cleaned
