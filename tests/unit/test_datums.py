@@ -149,3 +149,22 @@ def test_a_file_where_another_datum_wrote_a_directory_is_a_collision() -> None:
         datums.merge([("d1", layer("/x/inside")), ("d2", layer("/x"))])
     with pytest.raises(datums.OutputCollision, match=r"file / directory path collision \(/x"):
         datums.merge([("d1", layer("/x")), ("d2", layer("/x/inside"))])
+
+
+def test_merging_onto_the_last_output_equals_merging_everything_again() -> None:
+    before = {"d1": layer("/a", "/x/1"), "d2": layer("/b"), "d3": layer("/c", "/x/3")}
+    base = datums.merge(list(before.items()))
+    # d2 changed (now writes /b2), d3 vanished, d4 is new; d1 is kept
+    now = {"d1": before["d1"], "d2": layer("/b2"), "d4": layer("/x/4")}
+    onto = datums.merge_onto([base], [before["d2"], before["d3"]], [("d2", now["d2"]), ("d4", now["d4"])])
+    assert onto == datums.merge(list(now.items()))
+
+
+def test_merging_onto_refuses_a_new_output_meeting_a_kept_one() -> None:
+    base = datums.merge([("d1", layer("/kept", "/dir/f"))])
+    with pytest.raises(datums.OutputCollision, match="/kept from d2 meets an output kept from before"):
+        datums.merge_onto([base], [], [("d2", layer("/kept"))])
+    with pytest.raises(datums.OutputCollision, match="/dir from d2"):
+        datums.merge_onto([base], [], [("d2", layer("/dir"))])
+    with pytest.raises(datums.OutputCollision, match="/kept/under from d2 is under a file"):
+        datums.merge_onto([base], [], [("d2", layer("/kept/under"))])

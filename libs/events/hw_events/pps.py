@@ -282,6 +282,10 @@ class DatumIndex(msgspec.Struct, frozen=True):
     """What a finished job's datums were: the next job's skipping reads it."""
 
     datums: dict[str, IndexedDatum]
+    # The job's merged output (layer keys), so the next job starts from it and reads only the
+    # outputs of the datums that changed; `merged` False in indexes written before it was kept.
+    tree: list[str] = msgspec.field(default_factory=list)
+    merged: bool = False
 
 
 class TaskInput(msgspec.Struct, frozen=True, kw_only=True):

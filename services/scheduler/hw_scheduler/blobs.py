@@ -54,6 +54,18 @@ class JobBlobs:
     def _load_index(self, key: str) -> DatumIndex:
         return _index_decoder.decode(self.store.get(key))
 
+    def merged_onto(
+        self, base: Sequence[str], removed: Sequence[str], added: Sequence[tuple[str, str]]
+    ) -> list[str]:
+        """`datums.merge_onto` over layer keys: the previous tree, minus `removed` outputs, plus
+        the `added` (datum, layer key) ones; stored as one layer (none when empty)."""
+        merged = datums.merge_onto(
+            [self.trees.layer(k) for k in base],
+            [self.trees.layer(k) for k in removed if k],
+            [(datum, self.trees.layer(key)) for datum, key in added if key],
+        )
+        return [layers.write(self.store, merged)] if merged.entries else []
+
     def merged_output(self, outputs: Sequence[tuple[str, str]]) -> tuple[list[str], int]:
         """The tree of a job's output (one layer, or none when empty) from (datum, layer key) pairs,
         and how many files it holds; `datums.OutputCollision` when two datums wrote one path."""

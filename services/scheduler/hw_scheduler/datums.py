@@ -147,3 +147,27 @@ def merge(outputs: Sequence[tuple[str, Layer]]) -> Layer:
             entries.append(entry)
     entries.sort(key=lambda e: e.path)
     return Layer(entries=tuple(entries))
+
+
+def merge_onto(base: Sequence[Layer], removed: Sequence[Layer], added: Sequence[tuple[str, Layer]]) -> Layer:
+    """The previous job's merged output, minus what the datums no longer kept had written, plus
+    the new datums' outputs: the same as `merge` over every datum, reading only what changed.
+    `OutputCollision` (without the other datum's name) when a new output meets a kept one."""
+    kept: dict[str, Entry] = {}
+    for layer in base:
+        for entry in layer.entries:
+            if entry.op != DELETE:
+                kept[entry.path] = entry
+    for layer in removed:
+        for entry in layer.entries:
+            kept.pop(entry.path, None)
+    dirs = {d for path in kept for d in paths.ancestors(path)}
+    for datum, layer in added:
+        for entry in layer.entries:
+            if entry.op != DELETE and (entry.path in kept or entry.path in dirs):
+                raise OutputCollision(f"{entry.path} from {datum} meets an output kept from before")
+            if entry.op != DELETE and any(d in kept for d in paths.ancestors(entry.path)):
+                raise OutputCollision(f"{entry.path} from {datum} is under a file kept from before")
+    fresh = merge(added)  # the new outputs among themselves
+    entries = sorted([*kept.values(), *fresh.entries], key=lambda e: e.path)
+    return Layer(entries=tuple(entries))

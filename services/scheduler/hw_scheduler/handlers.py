@@ -530,6 +530,7 @@ class Scheduler:
         base = self.blobs.index(self.pps.state.jobs[job.pipeline][job.base].index) if job.base else None
         outputs: list[tuple[str, str]] = []
         index: dict[str, IndexedDatum] = {}
+        added: list[tuple[str, str]] = []  # outputs of datums run in this job
         for planned in plan.datums:
             if planned.skip and base is not None:
                 kept = base.datums[planned.id]
@@ -539,9 +540,19 @@ class Scheduler:
             result = job.results[planned.id]
             output = result.output if result.state == DATUM_SUCCESS else ""
             outputs.append((planned.id, output))
+            added.append((planned.id, output))
             index[planned.id] = IndexedDatum(planned.hash, result.state, output)
-        tree, _ = self.blobs.merged_output(outputs)
-        return tree, self.blobs.save_index(DatumIndex(index))
+        tree: list[str] | None = None
+        if base is not None and base.merged:  # read only what changed since the base job
+            skipped = {d.id for d in plan.datums if d.skip}
+            removed = [d.output for i, d in base.datums.items() if i not in skipped]
+            try:
+                tree = self.blobs.merged_onto(base.tree, removed, added)
+            except datums.OutputCollision:
+                tree = None  # the full merge below names both datums
+        if tree is None:
+            tree, _ = self.blobs.merged_output(outputs)
+        return tree, self.blobs.save_index(DatumIndex(index, tree=tree, merged=True))
 
     async def _job_event(self, job: Job, step: str, decide: Callable[[Job], list[Event]]) -> None:
         """Append what `decide` makes of the job as it is when appended (not as it was when this
