@@ -254,3 +254,26 @@ async def test_a_busy_consumer_takes_no_task_it_cannot_start_and_overlaps_only_t
         await asyncio.gather(first, second)
     assert set(taken) == {b"long", b"short"}
     assert await remaining(nc, queue) == 0
+
+
+async def test_a_queue_told_to_give_up_now_cancels_its_handlers_and_the_task_comes_back(
+    nc: Any, queue: WorkQueue
+) -> None:
+    await queue.submit(task_subject(queue), b"endless")
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def endless(task: Task) -> None:
+        started.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    runner = asyncio.create_task(queue.run(endless, stop=asyncio.Event(), poll=0.1))
+    await asyncio.wait_for(started.wait(), 5)
+    runner.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await runner
+    assert cancelled.is_set()
+    assert await remaining(nc, queue) == 1  # not acked: another worker gets it

@@ -104,6 +104,7 @@ def test_a_full_spec_keeps_every_field() -> None:
         ("input.pfs.glob", "*", 'input.pfs.glob "*" must start with "/"'),
         ("input.pfs.name", "out", 'input.pfs.name "out" is where outputs go'),
         ("input.pfs.trigger", {"size": "1 elephant"}, 'input.pfs.trigger: invalid trigger size "1 elephant"'),
+        ("input.pfs.trigger", {}, "input.pfs.trigger has no condition: give size, commits or cron"),
         (
             "input.cross",
             [{"pfs": {"repo": "x", "glob": "/"}}],
@@ -131,3 +132,13 @@ def test_crossed_inputs_need_different_names() -> None:
 def test_a_spec_must_be_an_object(document: Any) -> None:
     with pytest.raises(UserError, match="a pipeline spec is an object"):
         parse_pipeline_spec(document)
+
+
+def test_an_input_trigger_follows_the_input_branch_unless_it_names_another() -> None:
+    from hw_events.pipeline_spec import as_trigger, pfs_inputs
+
+    own = parse_pipeline_spec(spec_with("input.pfs.trigger", {"commits": 2}))
+    (pfs,) = pfs_inputs(own.input)
+    assert as_trigger(pfs).branch == pfs.branch == "master"  # type: ignore[union-attr]
+    other = parse_pipeline_spec(spec_with("input.pfs.trigger", {"commits": 2, "branch": "staging"}))
+    assert as_trigger(pfs_inputs(other.input)[0]).branch == "staging"  # type: ignore[union-attr]

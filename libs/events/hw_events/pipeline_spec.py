@@ -41,9 +41,10 @@ class Transform(_Strict, frozen=True, kw_only=True):
 
 
 class InputTrigger(_Strict, frozen=True, kw_only=True):
-    """`input.pfs.trigger`: the pipeline reads a branch that follows `branch` on these conditions."""
+    """`input.pfs.trigger`: the pipeline reads a branch that follows `branch` (the input's own
+    branch when empty) on these conditions."""
 
-    branch: str = "master"
+    branch: str = ""
     size: str = ""
     commits: int = 0
     cron: str = ""
@@ -204,18 +205,25 @@ def _check_input(spec_input: Input, path: str, where: str) -> None:
 
 
 def _check_trigger(trigger: InputTrigger, path: str, where: str) -> None:
-    _check_name(f"{path}.branch", trigger.branch, where)
+    if trigger.branch:
+        _check_name(f"{path}.branch", trigger.branch, where)
     try:
         check_conditions(trigger.size, trigger.commits, trigger.cron)
     except UserError as err:
         raise UserError(f"invalid pipeline spec{where}: {path}: {err.message}") from None
+    if not (trigger.size or trigger.commits or trigger.cron or trigger.all):
+        raise UserError(
+            f"invalid pipeline spec{where}: {path} has no condition: give size, commits or cron "
+            "(or all: true to follow every commit)"
+        )
 
 
-def as_trigger(trigger: InputTrigger) -> Trigger:
-    """The branch trigger an input trigger makes."""
-    return Trigger(
-        branch=trigger.branch, size=trigger.size, commits=trigger.commits, cron=trigger.cron, all=trigger.all
-    )
+def as_trigger(pfs: PfsInput) -> Trigger | None:
+    """The branch trigger an input's trigger makes: it follows the trigger's branch, or the input's."""
+    if pfs.trigger is None:
+        return None
+    t = pfs.trigger
+    return Trigger(branch=t.branch or pfs.branch, size=t.size, commits=t.commits, cron=t.cron, all=t.all)
 
 
 def _check_name(path: str, value: str, where: str) -> None:

@@ -204,6 +204,11 @@ class WorkQueue:
                     job = asyncio.create_task(self._process(Task(msg, self, slot=slots), handler))
                     running.add(job)
                     job.add_done_callback(running.discard)
+        except asyncio.CancelledError:  # told to give up now: so do the handlers (not acked)
+            for job in running:
+                job.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+            raise
         finally:
             if running:
                 await asyncio.wait(running)

@@ -33,7 +33,7 @@ from hw_events.fs import (
     Trigger,
 )
 from hw_events.messages import Event
-from hw_events.pipeline_spec import Input, PfsInput, PipelineSpec, input_name, pfs_inputs
+from hw_events.pipeline_spec import Input, PfsInput, PipelineSpec, as_trigger, input_name, pfs_inputs
 from hw_events.pps import (
     CREATED,
     DATUM_FAILED,
@@ -335,12 +335,11 @@ def read_branches(spec: PipelineSpec) -> list[ReadBranch]:
     follows the input's branch when the trigger's conditions hold."""
     out, n = [], 0
     for pfs in pfs_inputs(spec.input):
-        if pfs.trigger is None:
+        trigger = as_trigger(pfs)
+        if trigger is None:
             out.append(ReadBranch(pfs, pfs.branch, None))
             continue
         n += 1
-        t = pfs.trigger
-        trigger = Trigger(branch=pfs.branch, size=t.size, commits=t.commits, cron=t.cron, all=t.all)
         out.append(ReadBranch(pfs, f"{spec.name}-trigger-{n}", trigger))
     return out
 

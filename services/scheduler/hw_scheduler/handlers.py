@@ -21,8 +21,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, cast
 
 import msgspec
+from nats.js.errors import NotFoundError
 
-from hw_events import datum_queue, fs, subjects
+from hw_events import datum_queue, fs, streams, subjects
 from hw_events.bus import Handler
 from hw_events.errors import (
     AlreadyExists,
@@ -138,11 +139,26 @@ class Scheduler:
         spec, view = pipeline.spec, self.fs.state
         made = pipeline.created.isoformat()  # a pipeline made again under the same name is new
         for read in domain.read_branches(spec):
-            repo, branch = read.input.repo, read.input.branch
+            repo = read.input.repo
+            branch = read.trigger.branch if read.trigger is not None else read.branch
             if repo in view.repos and branch not in view.repos[repo].branches:
                 await self._fs(
                     fs.CreateBranch(
                         id=step_id("input-branch", spec.name, made, repo, branch), repo=repo, branch=branch
+                    )
+                )
+            if (
+                read.trigger is not None
+                and read.branch in self.fs.state.repos.get(repo, domain.RepoView()).branches
+            ):
+                # Left by an earlier pipeline of this name: a new pipeline starts at its source's head.
+                await self._fs(
+                    fs.CreateBranch(
+                        id=step_id("input-trigger-restart", spec.name, made, repo, read.branch),
+                        repo=repo,
+                        branch=read.branch,
+                        head=read.trigger.branch,
+                        trigger=read.trigger,
                     )
                 )
         await self.ensure_triggers()
@@ -168,7 +184,12 @@ class Scheduler:
             # A new trigger branch starts where its source is: what is there now is processed at
             # once, and the trigger's conditions count what comes after.
             head = trigger.branch if branch not in view.branches and trigger.branch in view.branches else ""
-            await self._fs(fs.CreateBranch(id=key, repo=repo, branch=branch, head=head, trigger=trigger))
+            try:
+                await self._fs(fs.CreateBranch(id=key, repo=repo, branch=branch, head=head, trigger=trigger))
+            except UserError as err:  # (the spec's checks should have caught it) stall no other
+                self.log.error(
+                    "input_trigger_refused", pipeline=pipeline.name, branch=branch, error=err.message
+                )
 
     async def _fs(self, command: Command) -> None:
         """Send a command to fs; one that finds its work done (a concurrent step) is fine. Returns
@@ -193,6 +214,9 @@ class Scheduler:
             lambda s: domain.decide_delete_pipeline(s, name, now)[subjects.job_events(name)],
         )
         await self.finish_failed_outputs()
+        # Its queued datums go now, before a pipeline made again under the name could take them.
+        with contextlib.suppress(NotFoundError):
+            await self.rt.js.purge_stream(streams.TASKS.name, subject=datum_queue.datum_subject(name))
         await self.rt.execute(
             self.pps,
             subjects.pipeline_events(name),

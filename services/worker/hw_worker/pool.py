@@ -20,6 +20,7 @@ from hw_worker import runner
 from hw_worker.handlers import Worker
 
 _PR_SET_PDEATHSIG = 1
+GRACE = 5.0  # seconds a running datum gets to finish when the worker is told to stop
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -41,7 +42,17 @@ def main(argv: list[str] | None = None) -> None:
         nc = await service.connect(service.Settings().nats_url, f"headwater-worker-{pipeline}")
         try:
             concurrency = int(os.environ.get("HW_WORKER_CONCURRENCY", "2"))
-            await Worker(nc, pipeline, stopping=stop, isolation=isolation, concurrency=concurrency).run()
+            worker = Worker(nc, pipeline, stopping=stop, isolation=isolation, concurrency=concurrency)
+            work = asyncio.ensure_future(worker.run())
+            told = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({work, told}, return_when=asyncio.FIRST_COMPLETED)
+            told.cancel()
+            try:  # told to stop: a datum under way may finish within GRACE, else its code is killed
+                await asyncio.wait_for(asyncio.shield(work), GRACE)
+            except TimeoutError:
+                work.cancel()  # cancels the datum: its process group is killed, its task redelivered
+                with contextlib.suppress(asyncio.CancelledError):
+                    await work
         finally:
             await nc.drain()
 

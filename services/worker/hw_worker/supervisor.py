@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from typing import cast
 
@@ -30,7 +31,8 @@ from hw_worker import domain
 from hw_worker.domain import Pools
 
 LOOK_AGAIN = 1.0  # seconds between checks that every process still runs
-STOP_WITHIN = 10.0
+STOP_WITHIN = 10.0  # seconds a worker gets to stop (it kills its user code after pool.GRACE)
+QUICK_EXIT = 5.0  # a worker gone this soon after starting did not get going
 
 
 class Supervisor:
@@ -40,13 +42,19 @@ class Supervisor:
         self.running: dict[str, list[subprocess.Popen[bytes]]] = {}
         self.cleared: set[str] = set()
         self.purged: set[str] = set()
+        self.started: dict[int, float] = {}  # pid -> when
+        self.failures: dict[str, int] = {}  # pipeline -> worker exits right after starting, in a row
+        self.not_before: dict[str, float] = {}
         self.log = rt.log.bind(component="supervisor")
 
     async def run(self) -> None:
-        await self._forget_consumer(datum_queue.SHARED_DURABLE)
         try:
             while not self.rt.stopping.is_set():
-                await self.converge()
+                try:
+                    await self._forget_consumer(datum_queue.SHARED_DURABLE)
+                    await self.converge()
+                except Exception:  # NATS away for a moment, a process that cannot start: go on
+                    self.log.exception("supervising_failed")
                 await self._news(self.pools.applied)
         finally:
             await asyncio.to_thread(self.stop_all)
@@ -56,18 +64,27 @@ class Supervisor:
             await self.pools.wait_until(lambda _: self.pools.applied != mark, LOOK_AGAIN, "pipelines")
 
     async def converge(self) -> None:
+        now = time.monotonic()
         for name, procs in self.running.items():
             for proc in [p for p in procs if p.poll() is not None]:
                 self.log.warning("worker_exited", pipeline=name, pid=proc.pid, code=proc.returncode)
                 procs.remove(proc)
+                # One that dies at once (a broken setup) is started again ever more slowly.
+                quick = now - self.started.pop(proc.pid, now) < QUICK_EXIT
+                self.failures[name] = self.failures.get(name, 0) + 1 if quick else 0
+                self.not_before[name] = now + min(2.0 ** self.failures[name], 30.0) if quick else 0.0
         counts = {name: len(procs) for name, procs in self.running.items()}
+        surplus: list[subprocess.Popen[bytes]] = []
         for name, delta in domain.changes(self.pools.state.wanted(), counts).items():
             procs = self.running.setdefault(name, [])
+            if delta > 0 and now < self.not_before.get(name, 0.0):
+                continue
             for _ in range(delta):
                 procs.append(self.start(name))
-            for _ in range(-delta):
-                proc = procs.pop()
-                await asyncio.to_thread(_stop, [proc])
+            surplus += [procs.pop() for _ in range(-delta)]
+        if surplus:
+            await asyncio.to_thread(_stop, surplus)  # all at once: a stop may take STOP_WITHIN
+        self.cleared &= self.pools.state.deleted  # made again and deleted again: clear again
         for name in self.pools.state.deleted - self.cleared:
             await self.clear(name)
         # A stopped pipeline's jobs were killed: their queued datums need not run.
@@ -79,6 +96,7 @@ class Supervisor:
     def start(self, pipeline: str) -> subprocess.Popen[bytes]:
         env = {**os.environ, "HW_WORKER_PARENT": str(os.getpid())}
         proc = subprocess.Popen([sys.executable, "-m", "hw_worker.pool", pipeline], env=env)
+        self.started[proc.pid] = time.monotonic()
         self.log.info("worker_started", pipeline=pipeline, pid=proc.pid)
         return proc
 
