@@ -33,6 +33,7 @@ import nats
 
 from bench.files import headwater
 from bench.report import Result, progress
+from bench.triggers import _p
 from hw_events import subjects
 from hw_events.store import read_messages
 from hwctl.home import Home
@@ -214,8 +215,8 @@ def start_latency(*, commits: int) -> list[Result]:
         ),
         Result(
             "job start latency p99",
-            _p99(started),
-            _p99(puts),
+            _p(started, 99),
+            _p(puts, 99),
             "ms",
             "`hwctl put file`, p99",
             "(reported)",
@@ -231,10 +232,6 @@ def start_latency(*, commits: int) -> list[Result]:
             lambda r: True,
         ),
     ]
-
-
-def _p99(samples: list[float]) -> float:
-    return statistics.quantiles(samples, n=100, method="inclusive")[98] if len(samples) > 1 else samples[0]
 
 
 def scaling(*, datums: int) -> list[Result]:
