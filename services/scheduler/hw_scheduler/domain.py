@@ -94,7 +94,9 @@ class RepoView(msgspec.Struct, kw_only=True):
     created: datetime | None = None
     branches: dict[str, BranchView] = msgspec.field(default_factory=dict)
     commits: dict[str, CommitView] = msgspec.field(default_factory=dict)
-    outputs: list[str] = msgspec.field(default_factory=list)  # output commits, in the order opened
+    # Output commits still open, in the order opened (a dict as an ordered set): the scheduler's
+    # pass looks at these, not at every output commit the repo ever had.
+    open_outputs: dict[str, None] = msgspec.field(default_factory=dict)
 
 
 class FsView(msgspec.Struct, kw_only=True):
@@ -116,7 +118,7 @@ def _note_output(view: FsView, repo: RepoView, commit_id: str, branch: BranchVie
     if commit is None or commit.origin != AUTO or commit.finished or commit.inputs is not None:
         return
     commit.inputs = _heads_of(view, branch.provenance)
-    repo.outputs.append(commit_id)
+    repo.open_outputs[commit_id] = None
 
 
 def evolve_fs(view: FsView, event: Event) -> FsView:
@@ -132,8 +134,10 @@ def evolve_fs(view: FsView, event: Event) -> FsView:
             if branch is not None and branch.provenance:
                 _note_output(view, repo, event.commit, branch)
         case CommitFinished():
-            commit = view.repos[event.repo].commits[event.commit]
+            repo = view.repos[event.repo]
+            commit = repo.commits[event.commit]
             commit.finished, commit.layers, commit.error = True, tuple(event.layers), event.error
+            repo.open_outputs.pop(event.commit, None)
         case BranchCreated():
             repo = view.repos[event.repo]
             branch = BranchView(head=event.head, provenance=tuple(event.provenance), trigger=event.trigger)
@@ -153,7 +157,7 @@ def evolve_fs(view: FsView, event: Event) -> FsView:
 
 FS_VIEW = Projection(
     name="scheduler-fs",
-    schema="scheduler-fs-3",
+    schema="scheduler-fs-4",
     state_type=FsView,
     initial=FsView,
     evolve=evolve_fs,
@@ -551,9 +555,9 @@ def new_jobs(state: PpsState, view: FsView) -> Iterator[JobCreated]:
         if repo is None:
             continue
         jobs = state.jobs.get(name, {})
-        for commit_id in repo.outputs:
+        for commit_id in repo.open_outputs:
             commit = repo.commits.get(commit_id)
-            if commit_id in jobs or commit is None or commit.finished:
+            if commit_id in jobs or commit is None:
                 continue
             if commit.branch != pipeline.spec.output_branch:
                 continue

@@ -464,9 +464,9 @@ class Scheduler:
 
     def _plan(self, job: Job, spec: PipelineSpec, salt: str, base_index: str) -> DatumPlan:
         parts = {}
-        for i, given in enumerate(job.inputs):
+        for i, (given, pfs) in enumerate(zip(job.inputs, pfs_inputs(spec.input), strict=True)):
             commit = self.fs.state.repos[given.repo].commits[given.commit]
-            parts[i] = self.blobs.input_parts(commit.layers, pfs_inputs(spec.input)[i].glob, i)
+            parts[i] = self.blobs.input_parts(commit.layers, pfs.glob, i)
         base = self.blobs.index(base_index) if base_index else None
         return DatumPlan(
             datums.plan(

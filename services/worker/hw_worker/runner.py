@@ -84,13 +84,18 @@ def _mount(source: str | None, target: str, flags: int) -> None:
         raise OSError(err, f"mount {source or ''} on {target}: {os.strerror(err)}")
 
 
+def _make_mount_point() -> None:
+    """An empty `/pfs` to mount datums' folders on (their files never land in it), if allowed."""
+    if not os.path.isdir(PFS):
+        with contextlib.suppress(OSError):
+            os.makedirs(PFS, exist_ok=True)
+
+
 def enter_own_namespace() -> bool:
     """Move this process into a private mount namespace where `/pfs` can be mounted per datum
     without a process per datum to do it. Call before any thread starts (`unshare` refuses a
     process with threads); needs the right to mount (root). False when not allowed."""
-    if not os.path.isdir(PFS):
-        with contextlib.suppress(OSError):
-            os.makedirs(PFS, exist_ok=True)
+    _make_mount_point()
     try:
         libc = _libc()
         if libc.unshare(_CLONE_NEWNS) != 0:
@@ -128,9 +133,7 @@ def choose_isolation(forced: str = "", *, own_namespace: bool = False) -> Isolat
         return Isolation(REWRITE)
     if own_namespace:
         return Isolation(OWN_NAMESPACE)
-    if not os.path.isdir(PFS):
-        with contextlib.suppress(OSError):
-            os.makedirs(PFS, exist_ok=True)  # an empty mount point; datums' files never land in it
+    _make_mount_point()
     if os.path.isdir(PFS):
         for prefix in (
             ("unshare", "--mount", "--propagation", "private", "--"),

@@ -48,10 +48,13 @@ class Supervisor:
         self.log = rt.log.bind(component="supervisor")
 
     async def run(self) -> None:
+        forgot_shared = False
         try:
             while not self.rt.stopping.is_set():
                 try:
-                    await self._forget_consumer(datum_queue.SHARED_DURABLE)
+                    if not forgot_shared:
+                        await self._forget_consumer(datum_queue.SHARED_DURABLE)
+                        forgot_shared = True
                     await self.converge()
                 except Exception:  # NATS away for a moment, a process that cannot start: go on
                     self.log.exception("supervising_failed")
