@@ -237,16 +237,25 @@ def start_latency(*, commits: int) -> list[Result]:
 def scaling(*, datums: int) -> list[Result]:
     with tempfile.TemporaryDirectory(prefix="hw-bench-scale-") as workdir, headwater(Path(workdir)) as env:
         folder = Path(workdir)
-        _hwctl(env, "put", "file", "-r", "bench@master:/", "-f", str(_files(folder, datums)))
+        many = _files(folder, datums)
         times = {}
         for workers in (1, 2):
             progress(f"{datums} CPU-bound datums on {workers} worker(s)...")
+            # The workers start with the pipeline: a first job of one datum waits for them, so
+            # what is measured is datums spread over running workers, not processes starting.
+            _hwctl(env, "put", "file", "bench@master:/d/warm-up", stdin=b"0")
             _pipeline(
                 env, folder, f"cpu{workers}", [sys.executable, "-c", CPU_WORK], glob="/d/*", workers=workers
             )
-            (job,) = _settled(env, f"cpu{workers}", 1)
+            _settled(env, f"cpu{workers}", 1)
+            time.sleep(1.0)
+            _hwctl(env, "put", "file", "-r", "bench@master:/", "-f", str(many))
+            job = _settled(env, f"cpu{workers}", 2)[-1]
             times[workers] = _seconds(job)
             progress(f"  {times[workers]:.2f} s")
+            _hwctl(env, "delete", "pipeline", f"cpu{workers}")
+            _hwctl(env, "delete", "repo", "bench")  # the next run starts from an empty repo
+            _hwctl(env, "create", "repo", "bench")
     return [
         Result(
             f"speed-up of {datums} CPU-bound datums, 2 workers vs 1",

@@ -443,6 +443,45 @@ def test_parallel_workers_share_a_job_and_a_killed_one_loses_nothing(headwater: 
     eventually(lambda: pool_pids("par") == [], "a deleted pipeline's workers stop")
 
 
+def test_a_batch_taken_over_after_a_kill_runs_only_its_unreported_datums(
+    headwater: Home, tmp_path: Path
+) -> None:
+    hwctl("create", "repo", "data")
+    for i in range(12):
+        put("data@master", f"/f{i:02}", f"{i}\n")
+    runs = tmp_path / "runs"  # outside /pfs: every run of user code leaves a line here
+    code = script(
+        tmp_path,
+        "tally.py",
+        f"""
+        import os, time
+        (name,) = os.listdir("/pfs/data")
+        with open({str(runs)!r}, "a") as runs:
+            runs.write(os.environ["HW_DATUM_ID"] + "\\n")
+        time.sleep(0.4)
+        with open(f"/pfs/out/{{name}}", "a") as out:
+            out.write(open(f"/pfs/data/{{name}}").read())
+        """,
+    )
+    spec = pipeline_spec(tmp_path, "tally", [PYTHON, code], datum_set_spec={"number": 6})
+    hwctl("create", "pipeline", "-f", spec)
+    (worker,) = eventually(lambda: pool_pids("tally"), "a worker process")
+    # A batch of 6 datums of 0.4 s reports what it has done once a second: kill the worker after
+    # its first report landed, before the batch is done.
+    job = eventually(
+        lambda: (found := jobs("tally")) and 2 <= found[0]["data_processed"] < 6 and found[0], "a report"
+    )
+    reported = {d["id"] for d in json_lines("list", "datum", f"tally@{job['id']}") if d["state"] == "success"}
+    os.kill(worker, signal.SIGKILL)
+    (done,) = settled_jobs("tally", 1)
+    assert (done["state"], done["data_processed"], done["data_total"]) == ("success", 12, 12)
+    assert files("tally@master") == {f"/f{i:02}": f"{i}\n" for i in range(12)}  # each written once
+    ran = runs.read_text().split()
+    assert reported
+    assert all(ran.count(datum) == 1 for datum in reported)
+    assert len(set(ran)) == 12
+
+
 def test_a_stopped_pipeline_runs_nothing_until_started_then_catches_up(
     headwater: Home, tmp_path: Path
 ) -> None:

@@ -19,7 +19,15 @@ from hw_events.fs import (
 )
 from hw_events.messages import Event
 from hw_events.pipeline_spec import PipelineSpec, parse_pipeline_spec
-from hw_events.pps import KILLED, DatumFinished, JobCreated, JobFinished, JobStarted, PipelineUpdated
+from hw_events.pps import (
+    KILLED,
+    DatumFinished,
+    DatumsQueued,
+    JobCreated,
+    JobFinished,
+    JobStarted,
+    PipelineUpdated,
+)
 from hw_fs import domain as fs_domain
 from hw_fs.domain import FsState, Summary, WriteTarget
 from hw_scheduler import domain
@@ -291,6 +299,56 @@ def test_a_worker_report_lands_once_and_not_after_the_job_ended(world: World) ->
         )
         == []
     )
+
+
+def test_a_batch_report_records_only_new_results_once_each(world: World) -> None:
+    world.pipeline(spec())
+    job = world.create_jobs()[0].job
+    world.pps_apply(
+        [
+            JobStarted(pipeline="count", job=job, started=T0, plan="p", total=3, skipped=0, to_run=3),
+            DatumsQueued(pipeline="count", job=job),
+        ]
+    )
+
+    def result(datum: str, state: str = "success") -> DatumFinished:
+        return DatumFinished(pipeline="count", job=job, datum=datum, state=state)
+
+    world.pps_apply(domain.decide_record_datums(world.pps, "count", job, [result("d1")]))
+    # The whole batch reported again (a worker that took it over): only d2 and d3 are new.
+    events = domain.decide_record_datums(
+        world.pps, "count", job, [result("d1", "failed"), result("d2"), result("d3")]
+    )
+    assert [[r.datum for r in e.results] for e in events] == [["d2", "d3"]]  # type: ignore[attr-defined]
+    world.pps_apply(events)
+    assert world.pps.jobs["count"][job].results["d1"].state == "success"  # the first result stays
+    assert world.pps.jobs["count"][job].state == "finishing"
+    assert domain.decide_record_datums(world.pps, "count", job, [result("d2")]) == []
+    with pytest.raises(UserError, match="holds a result of job other"):
+        domain.decide_record_datums(
+            world.pps,
+            "count",
+            job,
+            [DatumFinished(pipeline="count", job="other", datum="d9", state="success")],
+        )
+    with pytest.raises(UserError, match="not one a worker reports"):
+        domain.decide_record_datums(world.pps, "count", job, [result("d9", "pending")])
+
+
+@pytest.mark.parametrize(
+    ("to_run", "workers", "asked", "seconds", "size"),
+    [
+        (20, 2, 0, 0.0, 2),  # few datums: small batches, every worker gets several
+        (7, 2, 0, 0.0, 1),
+        (2000, 2, 0, 0.0, domain.MAX_BATCH),  # many quick ones: as large as allowed
+        (2000, 2, 0, 0.1, 20),  # about BATCH_SECONDS of work each
+        (2000, 2, 0, 30.0, 1),  # long datums go one by one
+        (2000, 2, 5, 30.0, 5),  # datum_set_spec.number wins
+        (0, 1, 0, 0.0, 1),
+    ],
+)
+def test_batch_size(to_run: int, workers: int, asked: int, seconds: float, size: int) -> None:
+    assert domain.batch_size(to_run, workers, asked=asked, seconds_per_datum=seconds) == size
 
 
 def test_describe_input() -> None:

@@ -71,6 +71,10 @@ class ParallelismSpec(_Strict, frozen=True, kw_only=True):
     constant: int = 0  # 0: one worker
 
 
+class DatumSetSpec(_Strict, frozen=True, kw_only=True):
+    number: int = 0  # datums per task; 0: sized by Headwater (see the README)
+
+
 class Gpu(_Strict, frozen=True, kw_only=True):
     type: str = ""
     number: int = 0
@@ -91,6 +95,7 @@ class PipelineSpec(_Strict, frozen=True, kw_only=True):
     input: Input
     description: str = ""
     parallelism_spec: ParallelismSpec = msgspec.field(default_factory=ParallelismSpec)
+    datum_set_spec: DatumSetSpec = msgspec.field(default_factory=DatumSetSpec)
     output_branch: str = "master"
     datum_tries: int = 3  # attempts in all
     datum_timeout: str = ""  # a duration such as 30s or 10m; empty: none
@@ -151,6 +156,11 @@ def _check(spec: PipelineSpec) -> None:
         raise UserError(
             f"invalid pipeline spec{where}: parallelism_spec.constant must be 0 or more, "
             f"not {spec.parallelism_spec.constant}"
+        )
+    if spec.datum_set_spec.number < 0:
+        raise UserError(
+            f"invalid pipeline spec{where}: datum_set_spec.number must be 0 or more, "
+            f"not {spec.datum_set_spec.number}"
         )
     for field in ("datum_timeout", "job_timeout"):
         value = getattr(spec, field)

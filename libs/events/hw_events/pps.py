@@ -135,6 +135,15 @@ class DatumFinished(Event, frozen=True, kw_only=True, tag="datum_finished"):
     worker: str = ""
 
 
+class DatumsFinished(Event, frozen=True, kw_only=True, tag="datums_finished"):
+    """Datums of one job reported together (a worker reports a batch of datums at once): one event
+    instead of one per datum. Results already recorded are left out."""
+
+    pipeline: str
+    job: str
+    results: list[DatumFinished]
+
+
 class JobFinished(Event, frozen=True, kw_only=True, tag="job_finished"):
     pipeline: str
     job: str
@@ -154,6 +163,7 @@ PpsEvent = (
     | JobStarted
     | DatumsQueued
     | DatumFinished
+    | DatumsFinished
     | JobFinished
 )
 EVENTS: tuple[type[Event], ...] = (
@@ -166,6 +176,7 @@ EVENTS: tuple[type[Event], ...] = (
     JobStarted,
     DatumsQueued,
     DatumFinished,
+    DatumsFinished,
     JobFinished,
 )
 
@@ -197,6 +208,23 @@ class RecordDatum(Command, frozen=True, kw_only=True, tag="record_datum"):
     """A worker's report of one datum (its id makes a repeated report land once)."""
 
     result: DatumFinished
+
+
+class RecordDatums(Command, frozen=True, kw_only=True, tag="record_datums"):
+    """A worker's report of datums of one job (those already recorded change nothing)."""
+
+    pipeline: str
+    job: str
+    results: list[DatumFinished]
+
+
+class RecordedDatums(Query, frozen=True, kw_only=True, tag="recorded_datums"):
+    """Which of these datums of the job already have a result (a worker given a batch again after
+    another worker died runs only the rest). Replies with their ids."""
+
+    pipeline: str
+    job: str
+    datums: list[str]
 
 
 class InspectPipeline(Query, frozen=True, kw_only=True, tag="inspect_pipeline"):
@@ -237,6 +265,8 @@ COMMANDS: tuple[type[Command], ...] = (
     StopPipeline,
     StartPipeline,
     RecordDatum,
+    RecordDatums,
+    RecordedDatums,
     InspectPipeline,
     ListPipelines,
     ListJobs,
@@ -298,7 +328,8 @@ class TaskInput(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class DatumTask(msgspec.Struct, frozen=True, kw_only=True):
-    """Everything a worker needs to run one datum: nothing else is looked up."""
+    """Everything a worker needs to run one datum: nothing else is looked up. (Queued as such
+    before batches; now the worker's view of one datum of a `DatumBatch`.)"""
 
     pipeline: str
     job: str
@@ -309,6 +340,55 @@ class DatumTask(msgspec.Struct, frozen=True, kw_only=True):
     datum_tries: int = 3
     datum_timeout: float = 0.0  # seconds; 0: none
     report: str = ""  # the id of the report of this datum (`RecordDatum`): one per datum and job
+
+
+class BatchedDatum(msgspec.Struct, frozen=True, kw_only=True):
+    datum: str
+    inputs: list[TaskInput]
+
+
+class DatumBatch(msgspec.Struct, frozen=True, kw_only=True):
+    """The work-queue task: datums of one job that one worker runs one after another (so the
+    queue, the acks and the reports cost per batch, not per datum)."""
+
+    pipeline: str
+    job: str
+    datums: list[BatchedDatum]
+    transform: Transform
+    image: str = ""
+    datum_tries: int = 3
+    datum_timeout: float = 0.0  # seconds; 0: none
+    report: str = ""  # what the ids of this batch's reports are made from: one per batch and job
+
+    def tasks(self) -> list[DatumTask]:
+        return [
+            DatumTask(
+                pipeline=self.pipeline,
+                job=self.job,
+                datum=d.datum,
+                inputs=d.inputs,
+                transform=self.transform,
+                image=self.image,
+                datum_tries=self.datum_tries,
+                datum_timeout=self.datum_timeout,
+                report=self.report,
+            )
+            for d in self.datums
+        ]
+
+    @classmethod
+    def of(cls, task: DatumTask) -> DatumBatch:
+        """A single-datum task, as queued before batches, as a batch of one."""
+        return cls(
+            pipeline=task.pipeline,
+            job=task.job,
+            datums=[BatchedDatum(datum=task.datum, inputs=task.inputs)],
+            transform=task.transform,
+            image=task.image,
+            datum_tries=task.datum_tries,
+            datum_timeout=task.datum_timeout,
+            report=task.report,
+        )
 
 
 class LogLine(msgspec.Struct, frozen=True, kw_only=True):

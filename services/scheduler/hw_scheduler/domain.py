@@ -48,6 +48,7 @@ from hw_events.pps import (
     RUNNING,
     STARTING,
     DatumFinished,
+    DatumsFinished,
     DatumsQueued,
     JobCreated,
     JobFinished,
@@ -273,7 +274,7 @@ def evolve(state: PpsState, event: PpsEvent) -> PpsState:
                 inputs=list(event.inputs),
                 created=event.created,
             )
-        case JobStarted() | DatumsQueued() | DatumFinished() | JobFinished():
+        case JobStarted() | DatumsQueued() | DatumFinished() | DatumsFinished() | JobFinished():
             job = state.jobs.get(event.pipeline, {}).get(event.job)
             if job is None or job.final:
                 return state  # an ended job changes no more (a step decided before it ended)
@@ -283,7 +284,9 @@ def evolve(state: PpsState, event: PpsEvent) -> PpsState:
     return state
 
 
-def _evolve_job(job: Job, event: JobStarted | DatumsQueued | DatumFinished | JobFinished) -> None:
+def _evolve_job(
+    job: Job, event: JobStarted | DatumsQueued | DatumFinished | DatumsFinished | JobFinished
+) -> None:
     match event:
         case JobStarted():
             job.started, job.plan, job.base = event.started, event.plan, event.base
@@ -292,6 +295,9 @@ def _evolve_job(job: Job, event: JobStarted | DatumsQueued | DatumFinished | Job
             job.queued = True
         case DatumFinished():
             job.results.setdefault(event.datum, event)
+        case DatumsFinished():
+            for result in event.results:
+                job.results.setdefault(result.datum, result)
         case JobFinished():
             job.final, job.reason, job.finished, job.index = (
                 event.state,
@@ -690,6 +696,53 @@ def repos_to_delete(state: PpsState, view: FsView) -> Iterator[str]:
             continue
         if repo.created is not None and repo.created <= tombstone.deleted:
             yield name
+
+
+def decide_record_datums(
+    state: PpsState, pipeline: str, job_id: str, results: list[DatumFinished]
+) -> list[Event]:
+    """One event with the results not recorded yet (a batch reported again adds only what is new)."""
+    job = state.jobs.get(pipeline, {}).get(job_id)
+    if job is None or job.final:
+        return []
+    new: dict[str, DatumFinished] = {}
+    for result in results:
+        if (result.pipeline, result.job) != (pipeline, job_id):
+            raise UserError(
+                f"a report for job {job_id} of pipeline {pipeline} holds a result of job {result.job} "
+                f"of pipeline {result.pipeline}"
+            )
+        if result.state not in (DATUM_SUCCESS, DATUM_FAILED, DATUM_RECOVERED):
+            raise UserError(f'datum state "{result.state}" is not one a worker reports')
+        if result.datum not in job.results:
+            new.setdefault(result.datum, result)
+    return [DatumsFinished(pipeline=pipeline, job=job_id, results=list(new.values()))] if new else []
+
+
+MAX_BATCH = 64  # datums per task at most (one report of a batch stays a small message)
+BATCHES_PER_WORKER = 4
+BATCH_SECONDS = 2.0
+
+
+def batch_size(to_run: int, workers: int, *, asked: int = 0, seconds_per_datum: float = 0.0) -> int:
+    """How many datums go in one task. Asked for (`datum_set_spec.number`): that many. Otherwise
+    enough batches that every worker gets several (a worker that drew quick datums takes more,
+    so the job does not wait on one long batch), at most `MAX_BATCH`, and, when the pipeline's
+    last job says how long a datum takes, about `BATCH_SECONDS` of work: long datums go one by
+    one, where batching saves nothing and would hold datums back behind each other."""
+    if asked > 0:
+        return asked
+    size = min(MAX_BATCH, to_run // (max(1, workers) * BATCHES_PER_WORKER))
+    if seconds_per_datum > 0:
+        size = min(size, int(BATCH_SECONDS / seconds_per_datum))
+    return max(1, size)
+
+
+def datum_seconds(job: Job | None) -> float:
+    """The mean time a datum of this (finished) job took, 0 when none ran."""
+    if job is None or not job.results:
+        return 0.0
+    return sum(r.seconds for r in job.results.values()) / len(job.results)
 
 
 def decide_record_datum(state: PpsState, result: DatumFinished) -> list[Event]:

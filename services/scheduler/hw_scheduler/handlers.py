@@ -41,11 +41,12 @@ from hw_events.pps import (
     DATUM_SUCCESS,
     KILLED,
     SUCCESS,
+    BatchedDatum,
     CreatePipeline,
+    DatumBatch,
     DatumIndex,
     DatumInfo,
     DatumPlan,
-    DatumTask,
     DeletePipeline,
     IndexedDatum,
     InspectJob,
@@ -58,6 +59,8 @@ from hw_events.pps import (
     ListPipelines,
     PipelineInfo,
     RecordDatum,
+    RecordDatums,
+    RecordedDatums,
     StartPipeline,
     StopPipeline,
     TaskInput,
@@ -301,6 +304,29 @@ class Scheduler:
         )
         self.poke.set()
 
+    async def record_datums(self, command: RecordDatums) -> None:
+        job = self.pps.state.jobs.get(command.pipeline, {}).get(command.job)
+        if job is None or job.final:
+            return  # the job is over (killed, deleted): the report changes nothing
+        if job.plan:
+            planned = await asyncio.to_thread(self.blobs.plan_ids, job.plan)
+            strangers = [r.datum for r in command.results if r.datum not in planned]
+            if strangers:
+                raise UserError(f"datum {strangers[0]} is not a datum of job {command.job}")
+        await self.rt.execute(
+            self.pps,
+            subjects.job_events(command.pipeline),
+            command.id,
+            lambda s: domain.decide_record_datums(s, command.pipeline, command.job, command.results),
+        )
+        self.poke.set()
+
+    async def recorded_datums(self, query: RecordedDatums) -> list[str]:
+        job = self.pps.state.jobs.get(query.pipeline, {}).get(query.job)
+        if job is None:
+            return []
+        return [datum for datum in query.datums if datum in job.results]
+
     async def list_jobs(self, query: ListJobs) -> list[JobInfo]:
         jobs = domain.list_jobs(self.pps.state, query.pipeline, query.input_commit)
         return jobs[: query.limit] if query.limit else jobs
@@ -492,31 +518,50 @@ class Scheduler:
         }
         subject = datum_queue.datum_subject(job.pipeline)
         queue = WorkQueue(self.rt.nc, datum_queue.queue_for(job.pipeline))
-        for planned in plan.datums:
-            if planned.skip or planned.id in job.results:
+        # The batches come from the plan alone, so queueing again after a crash makes the same
+        # batches, and the queue's de-duplication (by batch id) drops the repeats.
+        to_run = [planned for planned in plan.datums if not planned.skip]
+        base = self.pps.state.jobs[job.pipeline].get(job.base) if job.base else None
+        size = domain.batch_size(
+            len(to_run),
+            spec.workers,
+            asked=spec.datum_set_spec.number,
+            seconds_per_datum=domain.datum_seconds(base),
+        )
+        for start in range(0, len(to_run), size):
+            members = to_run[start : start + size]
+            if all(planned.id in job.results for planned in members):
                 continue
-            task = DatumTask(
+            first = members[0].id
+            task = DatumBatch(
                 pipeline=job.pipeline,
                 job=job.id,
-                datum=planned.id,
-                inputs=[
-                    TaskInput(
-                        name=job.inputs[p.input].name,
-                        repo=job.inputs[p.input].repo,
-                        branch=job.inputs[p.input].branch,
-                        commit=job.inputs[p.input].commit,
-                        path=p.path,
-                        layers=trees[p.input],
+                datums=[
+                    BatchedDatum(
+                        datum=planned.id,
+                        inputs=[
+                            TaskInput(
+                                name=job.inputs[p.input].name,
+                                repo=job.inputs[p.input].repo,
+                                branch=job.inputs[p.input].branch,
+                                commit=job.inputs[p.input].commit,
+                                path=p.path,
+                                layers=trees[p.input],
+                            )
+                            for p in planned.parts
+                        ],
                     )
-                    for p in planned.parts
+                    for planned in members
                 ],
                 transform=spec.transform,
                 image=spec.transform.image,
                 datum_tries=spec.datum_tries,
                 datum_timeout=timeout,
-                report=job_step(self.pps.state, planned.id, job.pipeline, job.id),
+                report=job_step(self.pps.state, f"batch-{first}", job.pipeline, job.id),
             )
-            await queue.submit(subject, _encode(task), msg_id=f"{job.pipeline}:{job.id}:{planned.id}")
+            await queue.submit(
+                subject, _encode(task), msg_id=f"{job.pipeline}:{job.id}:{first}:{len(members)}"
+            )
         await self._job_event(job, "queued", domain.decide_queued)
 
     async def finish_job(self, job: Job) -> None:
@@ -636,6 +681,8 @@ class Scheduler:
             InspectPipeline: self.inspect_pipeline,
             ListPipelines: self.list_pipelines,
             RecordDatum: self.record_datum,
+            RecordDatums: self.record_datums,
+            RecordedDatums: self.recorded_datums,
             ListJobs: self.list_jobs,
             InspectJob: self.inspect_job,
             WaitJob: self.wait_job,

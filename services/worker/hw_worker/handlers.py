@@ -1,20 +1,20 @@
-"""The worker's loop: take datum tasks from the queue, run user code on each, report to the
-scheduler. It takes no commands of its own (it answers health).
+"""The worker's loop: take batches of datums from the queue, run user code on each datum, report
+to the scheduler. It takes no commands of its own (it answers health).
 
-A task is acked only after the scheduler has recorded the datum, so a worker killed at any point
-leaves the task to be delivered again (to itself after a restart, or to another worker). The
-report's id comes from the job and datum, so a datum reported twice is recorded once.
+Results are reported in groups (at the end of the batch, or once a second on a long one), and a
+task is acked only after the scheduler has recorded all of its datums, so a worker killed at any
+point leaves the task to be delivered again (to itself after a restart, or to another worker).
+Whoever takes it again first asks which of its datums are already recorded and runs only the
+rest; and a datum reported twice is recorded once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import socket
 import tempfile
 import time
-import uuid
 from typing import Any
 
 import msgspec
@@ -24,13 +24,22 @@ from hw_events.bus import CommandClient
 from hw_events.errors import TransientError, UserError
 from hw_events.fs import commit_id_for
 from hw_events.messages import utcnow
-from hw_events.pps import DATUM_SUCCESS, DatumFinished, DatumTask, LogLine, RecordDatum
+from hw_events.pps import (
+    DATUM_SUCCESS,
+    DatumBatch,
+    DatumFinished,
+    DatumTask,
+    LogLine,
+    RecordDatums,
+    RecordedDatums,
+)
 from hw_events.workqueue import Task, WorkQueue
 from hw_storage.config import open_store
 from hw_worker import domain, runner
-from hw_worker.pfs import Scratch, sweep_stale
+from hw_worker.pfs import Scratch, empty_out, sweep_stale
 
 _log_encoder = msgspec.json.Encoder()
+REPORT_EVERY = 1.0  # seconds: on a long batch, results are reported at least this often
 
 
 class Worker:
@@ -55,8 +64,9 @@ class Worker:
         self.scratch = Scratch(open_store(), os.path.join(scratch, str(os.getpid())))
         self.isolation = isolation
         # A worker runs one datum's user code at a time (with its own namespace there is one /pfs),
-        # and takes the next datum only then (`busy=1`), so no datum waits here behind a long one
-        # while another worker is idle; but the upload and report of one overlap the next.
+        # and takes the next batch only when its current batch's user code is done (`busy=1`), so
+        # no batch waits here behind a long one while another worker is idle; but the uploads and
+        # report of one batch overlap the next.
         self.concurrency = concurrency
         self.running = asyncio.Lock()
         self.log = observability.log(component="worker", pipeline=pipeline, isolation=isolation.mode)
@@ -69,20 +79,47 @@ class Worker:
         )
 
     async def handle(self, task: Task) -> None:
+        batch = _batch_of(task)
+        datums = await self._not_recorded(batch, task.attempt)
+        reports = _Reports(self, batch)
+        # One datum's user code runs at a time; its upload overlaps the next datum.
+        uploading: list[asyncio.Future[DatumFinished]] = []
         try:
-            datum = task.decode(DatumTask)
-        except (msgspec.ValidationError, msgspec.DecodeError) as err:
-            raise UserError(f"malformed datum task: {err}") from None
-        result = await self.process(datum, task)
-        await self.report(datum, result)
+            for datum in datums:
+                uploading.append(await self.run_datum(datum))
+                reports.take_done(uploading)
+                if reports.due():
+                    await reports.send()
+            task.free_slot()  # the next task may start while these upload and report
+            for upload in uploading:
+                reports.add(await upload)
+            uploading.clear()
+            await reports.send()
+        finally:
+            for upload in uploading:
+                upload.cancel()
+
+    async def _not_recorded(self, batch: DatumBatch, attempt: int) -> list[DatumTask]:
+        """The batch's datums, less those a worker that died already reported (on a redelivery)."""
+        datums = batch.tasks()
+        if attempt == 1:
+            return datums
+        query = RecordedDatums(pipeline=batch.pipeline, job=batch.job, datums=[d.datum for d in datums])
+        done = set(await self.bus.request(pps.SERVICE, query, list[str]) or [])
+        if done:
+            self.log.info("datums_already_recorded", job=batch.job, recorded=len(done), batch=len(datums))
+        return [d for d in datums if d.datum not in done]
 
     async def given_up(self, task: Task, reason: str) -> None:
-        """A task dead-lettered (its workers kept dying): the datum fails, so its job can end."""
+        """A task dead-lettered (its workers kept dying): its datums fail, so its job can end."""
         try:
-            datum = task.decode(DatumTask)
-        except (msgspec.ValidationError, msgspec.DecodeError):
+            batch = _batch_of(task)
+        except UserError:
             return
-        await self.report(datum, self.result(datum, pps.DATUM_FAILED, reason=reason, attempts=task.attempt))
+        reports = _Reports(self, batch)
+        for datum in batch.tasks():  # (those already recorded keep their result)
+            reports.add(self.result(datum, pps.DATUM_FAILED, reason=reason, attempts=task.attempt))
+        await reports.send()
 
     def result(self, task: DatumTask, state: str, **fields: Any) -> DatumFinished:
         return DatumFinished(
@@ -94,13 +131,18 @@ class Worker:
             **fields,
         )
 
-    async def process(self, task: DatumTask, delivery: Task | None = None) -> DatumFinished:
-        """Run the datum; once its user code is done, `delivery` frees its slot for the next."""
-        name = f"{task.job[:8]}-{task.datum[:12]}-{uuid.uuid4().hex[:6]}"
+    async def process(self, task: DatumTask) -> DatumFinished:
+        """Run the datum to its end, upload included."""
+        return await (await self.run_datum(task))
+
+    async def run_datum(self, task: DatumTask) -> asyncio.Future[DatumFinished]:
+        """Run the datum's user code; what is left (uploading its output) goes on in the background:
+        the result is the future's."""
         started = time.monotonic()
         say = self._logger(task)
+        pfs, downloaded = await asyncio.to_thread(self.scratch.prepare, task.inputs)
+        held = True  # the folder goes back to the scratch here, unless an upload takes it
         try:
-            pfs, downloaded = await asyncio.to_thread(self.scratch.prepare, name, task.inputs)
             user_pfs = runner.PFS if self.isolation.private else pfs
             env = domain.datum_env(task, user_pfs, os.environ, self.instance)
             transform = task.transform
@@ -119,25 +161,16 @@ class Worker:
 
             for attempt in range(1, task.datum_tries + 1):
                 if attempt > 1:  # (prepare made it empty for the first)
-                    await asyncio.to_thread(_empty_out, pfs)
+                    await asyncio.to_thread(empty_out, pfs)
                 await say("worker", "beginning to run user code")
                 outcome = await user_code(transform.cmd, transform.stdin)
                 if outcome.ok(transform.accept_return_code):
-                    if delivery is not None:
-                        delivery.free_slot()  # the next datum may start while this one uploads
                     await say("worker", f"finished running user code after {outcome.seconds:.3f}s")
-                    out = await asyncio.to_thread(self.scratch.upload_out, pfs, clean=name)
-                    name = ""  # cleaned
-                    return self.result(
-                        task,
-                        DATUM_SUCCESS,
-                        output=out.layer,
-                        files=out.files,
-                        download_bytes=downloaded,
-                        upload_bytes=out.bytes,
-                        seconds=time.monotonic() - started,
-                        attempts=attempt,
+                    upload = asyncio.ensure_future(
+                        self._upload(task, pfs, downloaded=downloaded, started=started, attempt=attempt)
                     )
+                    held = False
+                    return upload
                 reason = (
                     f"timed out after {task.datum_timeout:g}s (datum_timeout)"
                     if outcome.code is None
@@ -148,17 +181,36 @@ class Worker:
             if transform.err_cmd:
                 await say("worker", "running err_cmd")
                 recovered = (await user_code(transform.err_cmd, transform.err_stdin)).ok(())
-            return self.result(
-                task,
-                domain.after_failures(recovered),
-                reason=f"{reason} ({task.datum_tries} {'try' if task.datum_tries == 1 else 'tries'})",
-                download_bytes=downloaded,
-                seconds=time.monotonic() - started,
-                attempts=task.datum_tries,
+            failed: asyncio.Future[DatumFinished] = asyncio.get_running_loop().create_future()
+            failed.set_result(
+                self.result(
+                    task,
+                    domain.after_failures(recovered),
+                    reason=f"{reason} ({task.datum_tries} {'try' if task.datum_tries == 1 else 'tries'})",
+                    download_bytes=downloaded,
+                    seconds=time.monotonic() - started,
+                    attempts=task.datum_tries,
+                )
             )
+            return failed
         finally:
-            if name:
-                await asyncio.to_thread(self.scratch.clean, name)
+            if held:
+                await asyncio.to_thread(self.scratch.release, pfs)
+
+    async def _upload(
+        self, task: DatumTask, pfs: str, *, downloaded: int, started: float, attempt: int
+    ) -> DatumFinished:
+        out = await asyncio.to_thread(self.scratch.upload_out, pfs, release=True)
+        return self.result(
+            task,
+            DATUM_SUCCESS,
+            output=out.layer,
+            files=out.files,
+            download_bytes=downloaded,
+            upload_bytes=out.bytes,
+            seconds=time.monotonic() - started,
+            attempts=attempt,
+        )
 
     def _logger(self, task: DatumTask) -> runner.LineSink:
         subject = subjects.log_subject(task.pipeline, task.job, task.datum)
@@ -178,9 +230,11 @@ class Worker:
 
         return say
 
-    async def report(self, task: DatumTask, result: DatumFinished) -> None:
-        key = task.report or f"datum:{result.pipeline}:{result.job}:{result.datum}"
-        command = RecordDatum(id=commit_id_for(key), result=result)
+    async def report(self, batch: DatumBatch, results: list[DatumFinished]) -> None:
+        # The id comes from the batch and which of its datums this report holds, so a report sent
+        # again (after a lost reply) is recorded once.
+        key = f"{batch.report or f'datums:{batch.pipeline}:{batch.job}'}:{results[0].datum}:{len(results)}"
+        command = RecordDatums(id=commit_id_for(key), pipeline=batch.pipeline, job=batch.job, results=results)
         pause = 0.2
         while True:  # the work is done: wait for the scheduler as long as it takes, not redo it
             try:
@@ -194,7 +248,41 @@ class Worker:
             pause = min(pause * 2, 2.0)
 
 
-def _empty_out(pfs: str) -> None:
-    out = os.path.join(pfs, "out")
-    shutil.rmtree(out, ignore_errors=True)
-    os.makedirs(out)
+class _Reports:
+    """A batch's results not reported yet: sent when the batch is done, or, on a long batch, once
+    `REPORT_EVERY` seconds have passed since the oldest was ready."""
+
+    def __init__(self, worker: Worker, batch: DatumBatch) -> None:
+        self.worker = worker
+        self.batch = batch
+        self.results: list[DatumFinished] = []
+        self.since = 0.0
+
+    def add(self, result: DatumFinished) -> None:
+        if not self.results:
+            self.since = time.monotonic()
+        self.results.append(result)
+
+    def take_done(self, uploading: list[asyncio.Future[DatumFinished]]) -> None:
+        """Move the finished uploads' results in (in order: the first unfinished one stops it)."""
+        while uploading and uploading[0].done():
+            self.add(uploading.pop(0).result())
+
+    def due(self) -> bool:
+        return bool(self.results) and time.monotonic() - self.since >= REPORT_EVERY
+
+    async def send(self) -> None:
+        if self.results:
+            await self.worker.report(self.batch, self.results)
+            self.results = []
+
+
+def _batch_of(task: Task) -> DatumBatch:
+    try:
+        batch: DatumBatch = task.decode(DatumBatch)
+        return batch
+    except (msgspec.ValidationError, msgspec.DecodeError) as err:
+        try:  # a single datum, as queued before batches
+            return DatumBatch.of(task.decode(DatumTask))
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            raise UserError(f"malformed datum task: {err}") from None

@@ -1,6 +1,9 @@
 """A datum's private `/pfs`: its input files downloaded under `<input>/<path>`, an empty `out/`, and
 what the user code left in `out/` uploaded as one layer. Blocking: call it in a thread.
 
+The folders are used again from datum to datum (emptied in between): making and removing a
+folder tree per datum cost more than the rest of the bookkeeping of a quick datum.
+
 Paths keep their full repo path, as in Pachyderm: the input's root is `/pfs/<input>`, so the file
 `/dir/a.png` of input `images` is `/pfs/images/dir/a.png`, whatever the glob matched.
 """
@@ -9,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from dataclasses import dataclass
 
 from hw_events.pps import TaskInput
@@ -32,13 +36,32 @@ class Scratch:
         self.store = store
         self.root = root
         self.trees = TreeCache(store, max_views=16)
-        os.makedirs(root, exist_ok=True)
+        self._free: list[str] = []  # emptied folders, ready for the next datum
+        self._made = 0
+        self._lock = threading.Lock()  # prepare and release run in threads
+        shutil.rmtree(root, ignore_errors=True)
+        os.makedirs(root)
 
-    def prepare(self, name: str, inputs: list[TaskInput]) -> tuple[str, int]:
-        """A fresh `<root>/<name>/pfs` with the inputs and an empty `out`; (its path, bytes read)."""
-        pfs = os.path.join(self.root, name, "pfs")
-        shutil.rmtree(os.path.dirname(pfs), ignore_errors=True)
+    def prepare(self, inputs: list[TaskInput]) -> tuple[str, int]:
+        """A `pfs` folder holding only the inputs and an empty `out`; (its path, bytes read).
+        Give it back with `release` (or `upload_out`) once done with it."""
+        pfs = self._take()
+        try:
+            return pfs, self._download(pfs, inputs)
+        except BaseException:
+            self.release(pfs)
+            raise
+
+    def _take(self) -> str:
+        with self._lock:
+            if self._free:
+                return self._free.pop()
+            self._made += 1
+            pfs = os.path.join(self.root, str(self._made))
         os.makedirs(os.path.join(pfs, "out"))
+        return pfs
+
+    def _download(self, pfs: str, inputs: list[TaskInput]) -> int:
         read = 0
         for given in inputs:
             base = os.path.join(pfs, given.name)
@@ -51,16 +74,35 @@ class Scratch:
                     for piece in read_ranges(self.store, record.chunks):
                         f.write(piece)
                 read += record.size
-        return pfs, read
+        return read
 
-    def upload_out(self, pfs: str, *, clean: str = "") -> Output:
+    def release(self, pfs: str) -> None:
+        """Empty the folder for the next datum: all but an empty `out` goes."""
+        try:
+            with os.scandir(pfs) as entries:
+                for entry in entries:
+                    if entry.name == "out" and entry.is_dir(follow_symlinks=False):
+                        empty_out(pfs)
+                    elif entry.is_dir(follow_symlinks=False):
+                        shutil.rmtree(entry.path)
+                    else:
+                        os.unlink(entry.path)
+            if not os.path.isdir(os.path.join(pfs, "out")):
+                os.makedirs(os.path.join(pfs, "out"))
+        except OSError:  # left in a state it cannot be emptied from: not used again
+            shutil.rmtree(pfs, ignore_errors=True)
+            return
+        with self._lock:
+            self._free.append(pfs)
+
+    def upload_out(self, pfs: str, *, release: bool = False) -> Output:
         """Store everything under `<pfs>/out` as one layer (paths relative to `out`); then, with
-        `clean`, remove that datum's folder (one trip to a thread instead of two)."""
+        `release`, give the folder back (one trip to a thread instead of two)."""
         try:
             return self._upload_out(pfs)
         finally:
-            if clean:
-                self.clean(clean)
+            if release:
+                self.release(pfs)
 
     def _upload_out(self, pfs: str) -> Output:
         out = os.path.join(pfs, "out")
@@ -82,8 +124,15 @@ class Scratch:
             raise
         return Output(done.layer, done.files, done.bytes)
 
-    def clean(self, name: str) -> None:
-        shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
+
+def empty_out(pfs: str) -> None:
+    """`<pfs>/out` empty (what a failed attempt wrote goes before the next)."""
+    out = os.path.join(pfs, "out")
+    with os.scandir(out) as entries:
+        if next(entries, None) is None:
+            return
+    shutil.rmtree(out)
+    os.makedirs(out)
 
 
 def sweep_stale(root: str) -> None:

@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     async def run() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        _watch_children_with_pidfd(loop)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         nc = await service.connect(service.Settings().nats_url, f"headwater-worker-{pipeline}")
@@ -61,6 +62,20 @@ def main(argv: list[str] | None = None) -> None:
     except Exception:
         observability.log().exception("worker_crashed", pipeline=pipeline)
         sys.exit(1)
+
+
+def _watch_children_with_pidfd(loop: asyncio.AbstractEventLoop) -> None:
+    """Python 3.11 waits for each child process (a datum's user code) in a thread started for it;
+    with a pidfd (Linux 5.3+) the event loop does it, without that thread. 3.12 does so itself."""
+    if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
+        return
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError:
+        return  # an older kernel: the default stays
+    watcher = asyncio.PidfdChildWatcher()
+    asyncio.set_child_watcher(watcher)
+    watcher.attach_loop(loop)
 
 
 def _die_with_parent() -> None:
