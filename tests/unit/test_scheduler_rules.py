@@ -344,6 +344,7 @@ def test_a_batch_report_records_only_new_results_once_each(world: World) -> None
         (2000, 2, 0, 0.1, 20),  # about BATCH_SECONDS of work each
         (2000, 2, 0, 30.0, 1),  # long datums go one by one
         (2000, 2, 5, 30.0, 5),  # datum_set_spec.number wins
+        (2000, 2, 1000, 0.0, domain.MAX_BATCH),  # up to what one message holds
         (0, 1, 0, 0.0, 1),
     ],
 )

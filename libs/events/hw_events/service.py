@@ -13,6 +13,7 @@ retried command from what it already did.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import socket
@@ -182,6 +183,9 @@ class Runtime:
                 task.cancel()
 
 
+GC_EVERY = 50_000  # allocations between young-generation collections (Python's default: 700)
+
+
 async def connect(url: str, name: str, *, timeout: float = 30.0) -> Any:
     """Connect to NATS, retrying until `timeout`; afterwards reconnect forever."""
     log = observability.log()
@@ -281,6 +285,10 @@ async def _caught_up_unless_stopped(runtime: Runtime, stop: asyncio.Event) -> bo
 def main(spec: ServiceSpec) -> None:
     """Process entry point: configure logging and tracing, serve until SIGTERM/SIGINT, exit 0."""
     observability.configure(spec.name)
+    # A service holds a large state of small objects and makes many more while it replays or
+    # plans a job; the default collector scans the whole heap every few thousand of them (a third
+    # of the time planning 100,000 datums went to it). Fold cycles less often.
+    gc.set_threshold(GC_EVERY, 20, 100)
 
     async def run() -> None:
         stop = asyncio.Event()

@@ -14,6 +14,7 @@ from hw_events.errors import UserError
 from hw_storage import layers as layer_store
 from hw_storage.blobs import BlobNotFound, BlobStore
 from hw_storage.layers import Layer
+from hw_storage.recent import Recent
 from hw_storage.tree import TreeView
 
 
@@ -21,27 +22,21 @@ class TreeCache:
     def __init__(self, store: BlobStore, *, max_views: int = 16, max_layers: int = 512) -> None:
         self.store = store
         self._lock = threading.Lock()
-        self._layers: OrderedDict[str, Layer] = OrderedDict()
+        self._layers: Recent[Layer] = Recent(max_layers)
         self._views: OrderedDict[tuple[str, ...], TreeView] = OrderedDict()
-        self._max_views, self._max_layers = max_views, max_layers
+        self._max_views = max_views
 
     def layer(self, key: str) -> Layer:
-        with self._lock:
-            if key in self._layers:
-                self._layers.move_to_end(key)
-                return self._layers[key]
+        return self._layers.get(key, lambda: self._read(key))
+
+    def _read(self, key: str) -> Layer:
         try:
-            layer = layer_store.read(self.store, key)
+            return layer_store.read(self.store, key)
         except BlobNotFound:
             raise UserError(
                 f"layer {key} is not in the object store ({self.store.description}): "
                 "was it uploaded to the storage this Headwater uses?"
             ) from None
-        with self._lock:
-            self._layers[key] = layer
-            while len(self._layers) > self._max_layers:
-                self._layers.popitem(last=False)
-        return layer
 
     def view(self, tree: tuple[str, ...]) -> TreeView:
         """The files of a tree. The view is shared: read it, never change it."""

@@ -15,6 +15,7 @@ from hw_events.pps import DatumIndex, DatumPart, DatumPlan
 from hw_scheduler import datums
 from hw_storage import layers
 from hw_storage.blobs import INDEXES, PLANS, BlobStore, content_key
+from hw_storage.recent import Recent
 from hw_storage.trees import TreeCache
 
 _plan_decoder = msgspec.msgpack.Decoder(DatumPlan)
@@ -26,8 +27,10 @@ class JobBlobs:
     def __init__(self, store: BlobStore) -> None:
         self.store = store
         self.trees = TreeCache(store, max_views=32)
-        self.plan = functools.lru_cache(maxsize=64)(self._load_plan)
-        self.index = functools.lru_cache(maxsize=64)(self._load_index)
+        # What was just saved is read again soon (the job's next steps, the next job's plan):
+        # saving keeps it here, so it is not decoded again.
+        self._plans: Recent[DatumPlan] = Recent(16)
+        self._indexes: Recent[DatumIndex] = Recent(16)
         self.plan_ids = functools.lru_cache(maxsize=64)(self._plan_ids)
 
     def input_parts(self, tree: tuple[str, ...], glob: str, index: int) -> list[DatumPart]:
@@ -40,25 +43,31 @@ class JobBlobs:
         return key
 
     def save_plan(self, plan: DatumPlan) -> str:
-        return self._put(PLANS, plan)
+        key = self._put(PLANS, plan)
+        self._plans.keep(key, plan)
+        return key
 
     def save_index(self, index: DatumIndex) -> str:
-        return self._put(INDEXES, index)
+        key = self._put(INDEXES, index)
+        self._indexes.keep(key, index)
+        return key
 
-    def _load_plan(self, key: str) -> DatumPlan:
-        return _plan_decoder.decode(self.store.get(key))
+    def plan(self, key: str) -> DatumPlan:
+        return self._plans.get(key, lambda: _plan_decoder.decode(self.store.get(key)))
+
+    def index(self, key: str) -> DatumIndex:
+        return self._indexes.get(key, lambda: _index_decoder.decode(self.store.get(key)))
 
     def _plan_ids(self, key: str) -> frozenset[str]:
         return frozenset(d.id for d in self.plan(key).datums)
-
-    def _load_index(self, key: str) -> DatumIndex:
-        return _index_decoder.decode(self.store.get(key))
 
     def merged_onto(
         self, base: Sequence[str], removed: Sequence[str], added: Sequence[tuple[str, str]]
     ) -> list[str]:
         """`datums.merge_onto` over layer keys: the previous tree, minus `removed` outputs, plus
         the `added` (datum, layer key) ones; stored as one layer (none when empty)."""
+        if not removed and not added:
+            return list(base)  # nothing changed
         merged = datums.merge_onto(
             [self.trees.layer(k) for k in base],
             [self.trees.layer(k) for k in removed if k],

@@ -725,13 +725,14 @@ BATCH_SECONDS = 2.0
 
 
 def batch_size(to_run: int, workers: int, *, asked: int = 0, seconds_per_datum: float = 0.0) -> int:
-    """How many datums go in one task. Asked for (`datum_set_spec.number`): that many. Otherwise
+    """How many datums go in one task. Asked for (`datum_set_spec.number`): that many, up to
+    `MAX_BATCH` (a batch and its report must fit in one NATS message). Otherwise
     enough batches that every worker gets several (a worker that drew quick datums takes more,
     so the job does not wait on one long batch), at most `MAX_BATCH`, and, when the pipeline's
     last job says how long a datum takes, about `BATCH_SECONDS` of work: long datums go one by
     one, where batching saves nothing and would hold datums back behind each other."""
     if asked > 0:
-        return asked
+        return min(asked, MAX_BATCH)
     size = min(MAX_BATCH, to_run // (max(1, workers) * BATCHES_PER_WORKER))
     if seconds_per_datum > 0:
         size = min(size, int(BATCH_SECONDS / seconds_per_datum))

@@ -596,7 +596,10 @@ class Scheduler:
         """The job's output tree and its datum index: run datums' outputs, and the base job's for
         skipped ones."""
         plan = self.blobs.plan(job.plan)
-        base = self.blobs.index(self.pps.state.jobs[job.pipeline][job.base].index) if job.base else None
+        base_key = self.pps.state.jobs[job.pipeline][job.base].index if job.base else ""
+        base = self.blobs.index(base_key) if base_key else None
+        if base is not None and base.merged and job.skipped == len(plan.datums) == len(base.datums):
+            return list(base.tree), base_key  # every datum kept as it was: so is the index
         outputs: list[tuple[str, str]] = []
         index: dict[str, IndexedDatum] = {}
         added: list[tuple[str, str]] = []  # outputs of datums run in this job
