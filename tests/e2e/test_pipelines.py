@@ -449,7 +449,7 @@ def test_a_batch_taken_over_after_a_kill_runs_only_its_unreported_datums(
     hwctl("create", "repo", "data")
     for i in range(12):
         put("data@master", f"/f{i:02}", f"{i}\n")
-    runs = tmp_path / "runs"  # outside /pfs: every run of user code leaves a line here
+    runs, go = tmp_path / "runs", tmp_path / "go"  # outside /pfs: each run of user code leaves a line
     code = script(
         tmp_path,
         "tally.py",
@@ -458,28 +458,62 @@ def test_a_batch_taken_over_after_a_kill_runs_only_its_unreported_datums(
         (name,) = os.listdir("/pfs/data")
         with open({str(runs)!r}, "a") as runs:
             runs.write(os.environ["HW_DATUM_ID"] + "\\n")
+        with open({str(runs)!r}) as runs:
+            count = len(runs.read().split())
         time.sleep(0.4)
+        while count >= 5 and not os.path.exists({str(go)!r}):  # the 5th waits: the worker dies in it
+            time.sleep(0.05)
         with open(f"/pfs/out/{{name}}", "a") as out:
             out.write(open(f"/pfs/data/{{name}}").read())
         """,
     )
-    spec = pipeline_spec(tmp_path, "tally", [PYTHON, code], datum_set_spec={"number": 6})
+    spec = pipeline_spec(tmp_path, "tally", [PYTHON, code], datum_set_spec={"number": 12})  # one batch
     hwctl("create", "pipeline", "-f", spec)
     (worker,) = eventually(lambda: pool_pids("tally"), "a worker process")
-    # A batch of 6 datums of 0.4 s reports what it has done once a second: kill the worker after
-    # its first report landed, before the batch is done.
+    # The batch reports what it has done once a second: after the first report, the 5th datum
+    # waits until the worker is killed.
     job = eventually(
-        lambda: (found := jobs("tally")) and 2 <= found[0]["data_processed"] < 6 and found[0], "a report"
+        lambda: (found := jobs("tally")) and found[0]["data_processed"] >= 2 and found[0], "a report"
     )
+    eventually(lambda: len(runs.read_text().split()) >= 5, "the 5th datum running")
     reported = {d["id"] for d in json_lines("list", "datum", f"tally@{job['id']}") if d["state"] == "success"}
     os.kill(worker, signal.SIGKILL)
+    go.write_text("")
     (done,) = settled_jobs("tally", 1)
     assert (done["state"], done["data_processed"], done["data_total"]) == ("success", 12, 12)
-    assert files("tally@master") == {f"/f{i:02}": f"{i}\n" for i in range(12)}  # each written once
+    assert files("tally@master") == {f"/f{i:02}": f"{i}\n" for i in range(12)}
     ran = runs.read_text().split()
-    assert reported
-    assert all(ran.count(datum) == 1 for datum in reported)
+    assert 2 <= len(reported) < 5
+    assert all(ran.count(datum) == 1 for datum in reported)  # reported: not run again
+    assert ran[4] not in reported
+    assert ran.count(ran[4]) == 2  # the one the worker died in ran again
     assert len(set(ran)) == 12
+
+
+def test_the_queued_datums_of_a_job_killed_by_an_update_do_not_run(headwater: Home, tmp_path: Path) -> None:
+    hwctl("create", "repo", "data")
+    for i in range(6):
+        put("data@master", f"/f{i}", f"{i}\n")
+    runs = tmp_path / "runs"
+    code = script(
+        tmp_path,
+        "log_run.py",
+        f"""
+        import os, sys, time
+        with open({str(runs)!r}, "a") as runs:
+            runs.write(os.environ["HW_JOB_ID"] + "\\n")
+        time.sleep(float(sys.argv[1]))
+        """,
+    )
+    one_by_one = {"datum_set_spec": {"number": 1}}
+    hwctl("create", "pipeline", "-f", pipeline_spec(tmp_path, "upd", [PYTHON, code, "0.5"], **one_by_one))
+    eventually(lambda: runs.exists() and runs.read_text(), "the first datum running")
+    hwctl("update", "pipeline", "-f", pipeline_spec(tmp_path, "upd", [PYTHON, code, "0"], **one_by_one))
+    killed, done = settled_jobs("upd", 2)
+    assert (killed["state"], done["state"], done["data_processed"]) == ("killed", "success", 6)
+    ran = runs.read_text().split()
+    assert ran.count(killed["id"]) <= 2  # the datum running at the update, at most one more: not 6
+    assert ran.count(done["id"]) == 6
 
 
 def test_a_stopped_pipeline_runs_nothing_until_started_then_catches_up(

@@ -340,7 +340,8 @@ def test_a_batch_report_records_only_new_results_once_each(world: World) -> None
     [
         (20, 2, 0, 0.0, 2),  # few datums: small batches, every worker gets several
         (7, 2, 0, 0.0, 1),
-        (2000, 2, 0, 0.0, domain.MAX_BATCH),  # many quick ones: as large as allowed
+        (2000, 2, 0, 0.0, domain.FIRST_BATCH),  # how long a datum takes is not known yet
+        (2000, 2, 0, 0.001, domain.MAX_BATCH),  # many quick ones: as large as allowed
         (2000, 2, 0, 0.1, 20),  # about BATCH_SECONDS of work each
         (2000, 2, 0, 30.0, 1),  # long datums go one by one
         (2000, 2, 5, 30.0, 5),  # datum_set_spec.number wins
@@ -350,6 +351,18 @@ def test_a_batch_report_records_only_new_results_once_each(world: World) -> None
 )
 def test_batch_size(to_run: int, workers: int, asked: int, seconds: float, size: int) -> None:
     assert domain.batch_size(to_run, workers, asked=asked, seconds_per_datum=seconds) == size
+
+
+def test_batches_keep_to_a_count_and_to_what_one_message_holds() -> None:
+    assert domain.batches([10] * 5, 2) == [range(0, 2), range(2, 4), range(4, 5)]
+    big = domain.BATCH_BYTES // 2
+    assert domain.batches([big, big, 1, big * 3, 1], 64) == [
+        range(0, 2),
+        range(2, 3),
+        range(3, 4),  # too big even alone: goes alone
+        range(4, 5),
+    ]
+    assert domain.batches([], 3) == []
 
 
 def test_describe_input() -> None:

@@ -218,9 +218,10 @@ class RecordDatums(Command, frozen=True, kw_only=True, tag="record_datums"):
     results: list[DatumFinished]
 
 
-class RecordedDatums(Query, frozen=True, kw_only=True, tag="recorded_datums"):
-    """Which of these datums of the job already have a result (a worker given a batch again after
-    another worker died runs only the rest). Replies with their ids."""
+class SettledDatums(Query, frozen=True, kw_only=True, tag="settled_datums"):
+    """Which of these datums of the job need not run: they have a result already (the batch's
+    last worker died after reporting them), or the job is over (killed by an update or a stop,
+    deleted). A worker asks before each batch and runs only the rest. Replies with their ids."""
 
     pipeline: str
     job: str
@@ -266,7 +267,7 @@ COMMANDS: tuple[type[Command], ...] = (
     StartPipeline,
     RecordDatum,
     RecordDatums,
-    RecordedDatums,
+    SettledDatums,
     InspectPipeline,
     ListPipelines,
     ListJobs,

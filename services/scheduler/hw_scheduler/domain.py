@@ -722,6 +722,8 @@ def decide_record_datums(
 MAX_BATCH = 64  # datums per task at most (one report of a batch stays a small message)
 BATCHES_PER_WORKER = 4
 BATCH_SECONDS = 2.0
+FIRST_BATCH = 16  # datums per task at most while a pipeline has no finished job to time
+BATCH_BYTES = 256 * 1024  # a batch's encoded datums at most (NATS takes 1 MiB a message)
 
 
 def batch_size(to_run: int, workers: int, *, asked: int = 0, seconds_per_datum: float = 0.0) -> int:
@@ -729,14 +731,32 @@ def batch_size(to_run: int, workers: int, *, asked: int = 0, seconds_per_datum: 
     `MAX_BATCH` (a batch and its report must fit in one NATS message). Otherwise
     enough batches that every worker gets several (a worker that drew quick datums takes more,
     so the job does not wait on one long batch), at most `MAX_BATCH`, and, when the pipeline's
-    last job says how long a datum takes, about `BATCH_SECONDS` of work: long datums go one by
-    one, where batching saves nothing and would hold datums back behind each other."""
+    last job says how long a datum takes, about `BATCH_SECONDS` of work (long datums go one by
+    one, where batching saves nothing and would hold datums back behind each other); before it
+    can say, at most `FIRST_BATCH`."""
     if asked > 0:
         return min(asked, MAX_BATCH)
     size = min(MAX_BATCH, to_run // (max(1, workers) * BATCHES_PER_WORKER))
     if seconds_per_datum > 0:
         size = min(size, int(BATCH_SECONDS / seconds_per_datum))
+    else:  # how long a datum takes is not known yet: not too much in one task
+        size = min(size, FIRST_BATCH)
     return max(1, size)
+
+
+def batches(sizes: list[int], count: int) -> list[range]:
+    """Consecutive runs of items (their encoded sizes given) of at most `count` items and, but for
+    a single item too big alone, `BATCH_BYTES`."""
+    out: list[range] = []
+    start, total = 0, 0
+    for i, size in enumerate(sizes):
+        if i > start and (i - start >= count or total + size > BATCH_BYTES):
+            out.append(range(start, i))
+            start, total = i, 0
+        total += size
+    if start < len(sizes):
+        out.append(range(start, len(sizes)))
+    return out
 
 
 def datum_seconds(job: Job | None) -> float:

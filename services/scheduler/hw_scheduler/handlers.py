@@ -60,7 +60,7 @@ from hw_events.pps import (
     PipelineInfo,
     RecordDatum,
     RecordDatums,
-    RecordedDatums,
+    SettledDatums,
     StartPipeline,
     StopPipeline,
     TaskInput,
@@ -321,10 +321,10 @@ class Scheduler:
         )
         self.poke.set()
 
-    async def recorded_datums(self, query: RecordedDatums) -> list[str]:
+    async def settled_datums(self, query: SettledDatums) -> list[str]:
         job = self.pps.state.jobs.get(query.pipeline, {}).get(query.job)
-        if job is None:
-            return []
+        if job is None or job.final:  # (a replayed scheduler knows every job it ever queued)
+            return list(query.datums)
         return [datum for datum in query.datums if datum in job.results]
 
     async def list_jobs(self, query: ListJobs) -> list[JobInfo]:
@@ -528,40 +528,41 @@ class Scheduler:
             asked=spec.datum_set_spec.number,
             seconds_per_datum=domain.datum_seconds(base),
         )
-        for start in range(0, len(to_run), size):
-            members = to_run[start : start + size]
-            if all(planned.id in job.results for planned in members):
+        queued = [
+            BatchedDatum(
+                datum=planned.id,
+                inputs=[
+                    TaskInput(
+                        name=job.inputs[p.input].name,
+                        repo=job.inputs[p.input].repo,
+                        branch=job.inputs[p.input].branch,
+                        commit=job.inputs[p.input].commit,
+                        path=p.path,
+                        layers=trees[p.input],
+                    )
+                    for p in planned.parts
+                ],
+            )
+            for planned in to_run
+        ]
+        for run in domain.batches([len(_encode(d)) for d in queued], size):
+            members = queued[run.start : run.stop]
+            if all(d.datum in job.results for d in members):
                 continue
-            first = members[0].id
+            first = members[0].datum
+            step = job_step(self.pps.state, f"batch-{first}-{len(members)}", job.pipeline, job.id)
             task = DatumBatch(
                 pipeline=job.pipeline,
                 job=job.id,
-                datums=[
-                    BatchedDatum(
-                        datum=planned.id,
-                        inputs=[
-                            TaskInput(
-                                name=job.inputs[p.input].name,
-                                repo=job.inputs[p.input].repo,
-                                branch=job.inputs[p.input].branch,
-                                commit=job.inputs[p.input].commit,
-                                path=p.path,
-                                layers=trees[p.input],
-                            )
-                            for p in planned.parts
-                        ],
-                    )
-                    for planned in members
-                ],
+                datums=members,
                 transform=spec.transform,
                 image=spec.transform.image,
                 datum_tries=spec.datum_tries,
                 datum_timeout=timeout,
-                report=job_step(self.pps.state, f"batch-{first}", job.pipeline, job.id),
+                report=step,
             )
-            await queue.submit(
-                subject, _encode(task), msg_id=f"{job.pipeline}:{job.id}:{first}:{len(members)}"
-            )
+            # (the id holds the pipeline's creation: a pipeline made again may reuse job ids)
+            await queue.submit(subject, _encode(task), msg_id=step)
         await self._job_event(job, "queued", domain.decide_queued)
 
     async def finish_job(self, job: Job) -> None:
@@ -685,7 +686,7 @@ class Scheduler:
             ListPipelines: self.list_pipelines,
             RecordDatum: self.record_datum,
             RecordDatums: self.record_datums,
-            RecordedDatums: self.recorded_datums,
+            SettledDatums: self.settled_datums,
             ListJobs: self.list_jobs,
             InspectJob: self.inspect_job,
             WaitJob: self.wait_job,

@@ -11,6 +11,7 @@ rest; and a datum reported twice is recorded once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import tempfile
@@ -31,7 +32,7 @@ from hw_events.pps import (
     DatumTask,
     LogLine,
     RecordDatums,
-    RecordedDatums,
+    SettledDatums,
 )
 from hw_events.workqueue import Task, WorkQueue
 from hw_storage.config import open_store
@@ -40,6 +41,7 @@ from hw_worker.pfs import Scratch, empty_out, sweep_stale
 
 _log_encoder = msgspec.json.Encoder()
 REPORT_EVERY = 1.0  # seconds: on a long batch, results are reported at least this often
+UPLOADS_AHEAD = 2  # datums of a batch uploading while the next one runs, at most
 
 
 class Worker:
@@ -80,12 +82,16 @@ class Worker:
 
     async def handle(self, task: Task) -> None:
         batch = _batch_of(task)
-        datums = await self._not_recorded(batch, task.attempt)
+        datums = await self._unsettled(batch)
         reports = _Reports(self, batch)
-        # One datum's user code runs at a time; its upload overlaps the next datum.
+        # One datum's user code runs at a time; its upload overlaps the next datum (at most
+        # UPLOADS_AHEAD of them: each holds a scratch folder).
         uploading: list[asyncio.Future[DatumFinished]] = []
         try:
             for datum in datums:
+                if len(uploading) >= UPLOADS_AHEAD:
+                    await asyncio.wait({uploading[0]})
+                    reports.take_done(uploading)
                 uploading.append(await self.run_datum(datum))
                 reports.take_done(uploading)
                 if reports.due():
@@ -95,19 +101,29 @@ class Worker:
                 reports.add(await upload)
             uploading.clear()
             await reports.send()
+        except Exception:
+            # What is done is kept: the datums reported now are not run again by whoever takes
+            # the batch next (the reason this one failed is raised all the same).
+            with contextlib.suppress(Exception):
+                reports.take_done(uploading)
+                await asyncio.wait_for(reports.send(), REPORT_EVERY)
+            raise
         finally:
             for upload in uploading:
                 upload.cancel()
 
-    async def _not_recorded(self, batch: DatumBatch, attempt: int) -> list[DatumTask]:
-        """The batch's datums, less those a worker that died already reported (on a redelivery)."""
+    async def _unsettled(self, batch: DatumBatch) -> list[DatumTask]:
+        """The batch's datums, less those a worker that died already reported and all of them if
+        their job is over (one question per batch: cheap, and a killed job's batches cost nothing)."""
         datums = batch.tasks()
-        if attempt == 1:
+        query = SettledDatums(pipeline=batch.pipeline, job=batch.job, datums=[d.datum for d in datums])
+        try:
+            done = set(await self.bus.request(pps.SERVICE, query, list[str]) or [])
+        except TransientError as err:  # (the scheduler restarting): run them all; it records each once
+            self.log.info("settled_datums_unknown", job=batch.job, error=err.message)
             return datums
-        query = RecordedDatums(pipeline=batch.pipeline, job=batch.job, datums=[d.datum for d in datums])
-        done = set(await self.bus.request(pps.SERVICE, query, list[str]) or [])
         if done:
-            self.log.info("datums_already_recorded", job=batch.job, recorded=len(done), batch=len(datums))
+            self.log.info("datums_need_not_run", job=batch.job, settled=len(done), batch=len(datums))
         return [d for d in datums if d.datum not in done]
 
     async def given_up(self, task: Task, reason: str) -> None:

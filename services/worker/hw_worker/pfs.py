@@ -10,6 +10,7 @@ Paths keep their full repo path, as in Pachyderm: the input's root is `/pfs/<inp
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import threading
@@ -77,18 +78,17 @@ class Scratch:
         return read
 
     def release(self, pfs: str) -> None:
-        """Empty the folder for the next datum: all but an empty `out` goes."""
+        """Empty the folder for the next datum: everything goes, and `out` is made anew (a new
+        folder, with the default mode: whatever still holds the old one, such as a process that
+        escaped its datum's process group, writes where no datum reads)."""
         try:
             with os.scandir(pfs) as entries:
                 for entry in entries:
-                    if entry.name == "out" and entry.is_dir(follow_symlinks=False):
-                        empty_out(pfs)
-                    elif entry.is_dir(follow_symlinks=False):
+                    if entry.is_dir(follow_symlinks=False):
                         shutil.rmtree(entry.path)
                     else:
                         os.unlink(entry.path)
-            if not os.path.isdir(os.path.join(pfs, "out")):
-                os.makedirs(os.path.join(pfs, "out"))
+            os.makedirs(os.path.join(pfs, "out"))
         except OSError:  # left in a state it cannot be emptied from: not used again
             shutil.rmtree(pfs, ignore_errors=True)
             return
@@ -126,12 +126,14 @@ class Scratch:
 
 
 def empty_out(pfs: str) -> None:
-    """`<pfs>/out` empty (what a failed attempt wrote goes before the next)."""
+    """`<pfs>/out` made anew (what a failed attempt wrote goes before the next; user code may
+    have made it a file or a link)."""
     out = os.path.join(pfs, "out")
-    with os.scandir(out) as entries:
-        if next(entries, None) is None:
-            return
-    shutil.rmtree(out)
+    if os.path.isdir(out) and not os.path.islink(out):
+        shutil.rmtree(out)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(out)
     os.makedirs(out)
 
 
