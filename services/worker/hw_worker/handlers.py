@@ -87,6 +87,7 @@ class Worker:
         # One datum's user code runs at a time; its upload overlaps the next datum (at most
         # UPLOADS_AHEAD of them: each holds a scratch folder).
         uploading: list[asyncio.Future[DatumFinished]] = []
+        flusher = asyncio.create_task(reports.flush_while_running(uploading))
         try:
             for datum in datums:
                 if len(uploading) >= UPLOADS_AHEAD:
@@ -94,12 +95,11 @@ class Worker:
                     reports.take_done(uploading)
                 uploading.append(await self.run_datum(datum))
                 reports.take_done(uploading)
-                if reports.due():
-                    await reports.send()
             task.free_slot()  # the next task may start while these upload and report
             for upload in uploading:
                 reports.add(await upload)
             uploading.clear()
+            await _stopped(flusher)
             await reports.send()
         except Exception:
             # What is done is kept: the datums reported now are not run again by whoever takes
@@ -109,6 +109,7 @@ class Worker:
                 await asyncio.wait_for(reports.send(), REPORT_EVERY)
             raise
         finally:
+            await _stopped(flusher)
             for upload in uploading:
                 upload.cancel()
 
@@ -288,9 +289,28 @@ class _Reports:
         return bool(self.results) and time.monotonic() - self.since >= REPORT_EVERY
 
     async def send(self) -> None:
-        if self.results:
-            await self.worker.report(self.batch, self.results)
-            self.results = []
+        if not self.results:
+            return
+        results, self.results = self.results, []
+        try:
+            await self.worker.report(self.batch, results)
+        except BaseException:
+            self.results = results + self.results  # not reported: still to send
+            raise
+
+    async def flush_while_running(self, uploading: list[asyncio.Future[DatumFinished]]) -> None:
+        """While the batch runs: report what is ready once it has waited `REPORT_EVERY`."""
+        while True:
+            await asyncio.sleep(REPORT_EVERY / 4)
+            self.take_done(uploading)
+            if self.due():
+                await self.send()
+
+
+async def _stopped(flusher: asyncio.Task[None]) -> None:
+    flusher.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await flusher
 
 
 def _batch_of(task: Task) -> DatumBatch:
