@@ -286,16 +286,16 @@ def test_a_worker_report_lands_once_and_not_after_the_job_ended(world: World) ->
         [JobStarted(pipeline="count", job=job, started=T0, plan="p", total=2, skipped=0, to_run=2)]
     )
     report = DatumFinished(pipeline="count", job=job, datum="d1", state="success")
-    world.pps_apply(domain.decide_record_datum(world.pps, report))
-    assert domain.decide_record_datum(world.pps, report) == []
+    world.pps_apply(domain.decide_record_datums(world.pps, "count", job, [report]))
+    assert domain.decide_record_datums(world.pps, "count", job, [report]) == []
     with pytest.raises(UserError, match="not one a worker reports"):
-        domain.decide_record_datum(
-            world.pps, DatumFinished(pipeline="count", job=job, datum="d2", state="skipped")
+        domain.decide_record_datums(
+            world.pps, "count", job, [DatumFinished(pipeline="count", job=job, datum="d2", state="skipped")]
         )
     world.pps_apply([JobFinished(pipeline="count", job=job, state=KILLED, finished=T0)])
     assert (
-        domain.decide_record_datum(
-            world.pps, DatumFinished(pipeline="count", job=job, datum="d2", state="success")
+        domain.decide_record_datums(
+            world.pps, "count", job, [DatumFinished(pipeline="count", job=job, datum="d2", state="success")]
         )
         == []
     )

@@ -66,8 +66,6 @@ class JobBlobs:
     ) -> list[str]:
         """`datums.merge_onto` over layer keys: the previous tree, minus `removed` outputs, plus
         the `added` (datum, layer key) ones; stored as one layer (none when empty)."""
-        if not removed and not added:
-            return list(base)  # nothing changed
         merged = datums.merge_onto(
             [self.trees.layer(k) for k in base],
             [self.trees.layer(k) for k in removed if k],

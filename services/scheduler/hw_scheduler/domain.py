@@ -766,15 +766,6 @@ def datum_seconds(job: Job | None) -> float:
     return sum(r.seconds for r in job.results.values()) / len(job.results)
 
 
-def decide_record_datum(state: PpsState, result: DatumFinished) -> list[Event]:
-    job = state.jobs.get(result.pipeline, {}).get(result.job)
-    if job is None or job.final or result.datum in job.results:
-        return []  # a report for a job that is over, or a repeat: nothing to add
-    if result.state not in (DATUM_SUCCESS, DATUM_FAILED, DATUM_RECOVERED):
-        raise UserError(f'datum state "{result.state}" is not one a worker reports')
-    return [result]
-
-
 def decide_job_failed(job: Job, reason: str, now: datetime) -> list[Event]:
     if job.final:
         return []

@@ -290,19 +290,11 @@ class Scheduler:
     # --- jobs and datums ---------------------------------------------------------------------------
 
     async def record_datum(self, command: RecordDatum) -> None:
+        """A report of one datum, as workers sent before batches: a report of one."""
         result = command.result
-        job = self.pps.state.jobs.get(result.pipeline, {}).get(result.job)
-        if job is None or job.final:
-            return  # the job is over (killed, deleted): the report changes nothing
-        if job.plan and result.datum not in await asyncio.to_thread(self.blobs.plan_ids, job.plan):
-            raise UserError(f"datum {result.datum} is not a datum of job {result.job}")
-        await self.rt.execute(
-            self.pps,
-            subjects.job_events(result.pipeline),
-            command.id,
-            lambda s: domain.decide_record_datum(s, result),
+        await self.record_datums(
+            RecordDatums(id=command.id, pipeline=result.pipeline, job=result.job, results=[result])
         )
-        self.poke.set()
 
     async def record_datums(self, command: RecordDatums) -> None:
         job = self.pps.state.jobs.get(command.pipeline, {}).get(command.job)

@@ -4,8 +4,8 @@ to the scheduler. It takes no commands of its own (it answers health).
 Results are reported in groups (at the end of the batch, or once a second on a long one), and a
 task is acked only after the scheduler has recorded all of its datums, so a worker killed at any
 point leaves the task to be delivered again (to itself after a restart, or to another worker).
-Whoever takes it again first asks which of its datums are already recorded and runs only the
-rest; and a datum reported twice is recorded once.
+Before each batch the worker asks which of its datums need not run (already recorded, or their
+job is over) and runs only the rest; and a datum reported twice is recorded once.
 """
 
 from __future__ import annotations
@@ -104,6 +104,7 @@ class Worker:
         except Exception:
             # What is done is kept: the datums reported now are not run again by whoever takes
             # the batch next (the reason this one failed is raised all the same).
+            await _stopped(flusher)  # (one sender at a time)
             with contextlib.suppress(Exception):
                 reports.take_done(uploading)
                 await asyncio.wait_for(reports.send(), REPORT_EVERY)
@@ -147,10 +148,6 @@ class Worker:
             worker=self.instance,
             **fields,
         )
-
-    async def process(self, task: DatumTask) -> DatumFinished:
-        """Run the datum to its end, upload included."""
-        return await (await self.run_datum(task))
 
     async def run_datum(self, task: DatumTask) -> asyncio.Future[DatumFinished]:
         """Run the datum's user code; what is left (uploading its output) goes on in the background:
@@ -308,8 +305,10 @@ class _Reports:
 
 
 async def _stopped(flusher: asyncio.Task[None]) -> None:
+    """Stop the background reporting. What it failed to send stays in `_Reports` for the last send
+    (which raises, if it fails too), so its own error is not raised here."""
     flusher.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
+    with contextlib.suppress(asyncio.CancelledError, Exception):
         await flusher
 
 
