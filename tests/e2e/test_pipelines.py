@@ -272,7 +272,7 @@ def test_deferred_processing_and_head_moves_make_one_job_each(headwater: Home, t
     assert [j["id"] for j in moved] == [staged[2], staged[6], staged[9]]
     assert [j["id"] for j in json_lines("list", "job", f"copy@{staged[9]}")] == [staged[9]]
     for earlier, later in itertools.pairwise(moved):
-        assert earlier["finished"] <= later["started"]
+        assert earlier["finished"] <= later["finished"]
     assert len(files(f"copy@{staged[2]}")) == 3
     assert len(files("copy@master")) == 10
     # rewinding: the output reflects the older input
@@ -514,6 +514,61 @@ def test_the_queued_datums_of_a_job_killed_by_an_update_do_not_run(headwater: Ho
     ran = runs.read_text().split()
     assert ran.count(killed["id"]) <= 2  # the datum running at the update, at most one more: not 6
     assert ran.count(done["id"]) == 6
+
+
+def test_a_job_runs_what_is_new_while_the_job_before_it_still_runs(headwater: Home, tmp_path: Path) -> None:
+    hwctl("create", "repo", "data")
+    runs, go, fail = tmp_path / "runs", tmp_path / "go", tmp_path / "fail-once"
+    code = script(
+        tmp_path,
+        "upper.py",
+        f"""
+        import os, sys, time
+        (name,) = os.listdir("/pfs/data")
+        while name == "slow" and not os.path.exists({str(go)!r}):
+            time.sleep(0.05)
+        with open({str(runs)!r}, "a") as runs:
+            runs.write(name + " " + os.environ["HW_JOB_ID"] + "\\n")
+        if name == "slow" and os.path.exists({str(fail)!r}):
+            os.remove({str(fail)!r})
+            sys.exit(1)
+        open(f"/pfs/out/{{name}}", "w").write(open(f"/pfs/data/{{name}}").read().upper())
+        """,
+    )
+
+    def ran(job: str) -> list[str]:
+        lines = runs.read_text().splitlines() if runs.exists() else []
+        return sorted(line.split()[0] for line in lines if line.split()[1] == job)
+
+    put("data@master", "/slow", "s")
+    spec = pipeline_spec(tmp_path, "up", [PYTHON, code], parallelism_spec={"constant": 2}, datum_tries=1)
+    hwctl("create", "pipeline", "-f", spec)
+    first = eventually(lambda: (found := jobs("up")) and found[0]["state"] == "running" and found[0], "job 1")
+    # A new file: the next job runs it at once; the unchanged /slow waits for the first job.
+    second_id = put("data@master", "/quick", "q")
+    eventually(lambda: ran(second_id) == ["quick"], "job 2's new datum running while job 1 runs")
+    assert [j["state"] for j in jobs("up")] == ["running", "running"]
+    go.write_text("")
+    done = settled_jobs("up", 2)
+    assert [j["state"] for j in done] == ["success", "success"]
+    assert (done[1]["data_processed"], done[1]["data_skipped"]) == (1, 1)  # /slow kept from job 1
+    assert (ran(first["id"]), ran(second_id)) == (["slow"], ["quick"])
+    assert files("up@master") == {"/quick": "Q", "/slow": "S"}
+    # Job 3 changes /slow and fails on it; job 4, started meanwhile, runs /slow again once job 3
+    # failed (its base is job 2), and keeps /quick from job 2.
+    go.unlink()
+    fail.write_text("")
+    third_id = put("data@master", "/slow", "t")
+    eventually(lambda: [j["state"] for j in jobs("up")][2:] == ["running"], "job 3 running")
+    fourth_id = put("data@master", "/other", "o")
+    eventually(lambda: ran(fourth_id) == ["other"], "job 4's new datum running while job 3 runs")
+    go.write_text("")
+    done = settled_jobs("up", 4)
+    assert [j["state"] for j in done[2:]] == ["failure", "success"]
+    assert (done[3]["data_processed"], done[3]["data_skipped"]) == (2, 1)
+    assert (ran(third_id), ran(fourth_id)) == (["slow"], ["other", "slow"])
+    assert files("up@master") == {"/other": "O", "/quick": "Q", "/slow": "T"}
+    assert [j["id"] for j in done] == [first["id"], second_id, third_id, fourth_id]
 
 
 def test_a_stopped_pipeline_runs_nothing_until_started_then_catches_up(

@@ -129,6 +129,40 @@ def test_only_datums_processed_successfully_with_the_same_hash_are_skipped() -> 
     assert not any(d.skip for d in new_salt)
 
 
+def test_datums_an_earlier_running_job_also_runs_wait_and_are_skipped_once_it_ended_well() -> None:
+    inputs = job_inputs("data")
+    glob = pfs("data", "/*")
+    before = {"/same": "1", "/changed": "2", "/failing": "3"}
+    earlier = datums.plan(glob, inputs, {0: datums.input_parts(tree(before), "/*", 0)}, salt="s", base=None)
+    now = {"/same": "1", "/changed": "2 changed", "/failing": "3", "/new": "4"}
+    parts = {0: datums.input_parts(tree(now), "/*", 0)}
+    running = {d.id: d.hash for d in earlier}
+    planned = datums.plan(glob, inputs, parts, salt="s", base=None, running=running)
+    by_path = {d.parts[0].path: d for d in planned}
+    # Only the same inputs as the running job's wait; what changed or is new runs at once.
+    assert {p for p, d in by_path.items() if d.wait} == {"/same", "/failing"}
+    assert not any(d.skip for d in planned)
+    # That job ended: its index says which waiting datums it processed well.
+    ids = {d.parts[0].path: d.id for d in earlier}
+    hashes = {d.parts[0].path: d.hash for d in earlier}
+    index = DatumIndex(
+        {
+            ids["/same"]: IndexedDatum(hashes["/same"], DATUM_SUCCESS, "layers/same"),
+            ids["/changed"]: IndexedDatum(hashes["/changed"], DATUM_SUCCESS, "layers/changed"),
+            ids["/failing"]: IndexedDatum(hashes["/failing"], DATUM_FAILED, ""),
+        }
+    )
+    rebased = {d.parts[0].path: d for d in datums.rebase(planned, index)}
+    assert {p for p, d in rebased.items() if d.skip} == {"/same"}
+    assert {p for p, d in rebased.items() if d.wait} == {"/same", "/failing"}  # which waited stays known
+    # It failed (no base), or the pipeline reprocesses every job: every waiting datum runs.
+    assert not any(d.skip for d in datums.rebase(planned, None))
+    every_job = datums.plan(
+        glob, inputs, parts, salt="s", base=None, running=running, reprocess_every_job=True
+    )
+    assert not any(d.wait for d in every_job)
+
+
 def layer(*paths: str) -> Layer:
     return Layer(entries=tuple(Entry(p, PUT, 0, ()) for p in sorted(paths)))
 

@@ -25,8 +25,10 @@ from hw_events.pps import (
     DatumsQueued,
     JobCreated,
     JobFinished,
+    JobRebased,
     JobStarted,
     PipelineUpdated,
+    PlannedDatum,
 )
 from hw_fs import domain as fs_domain
 from hw_fs.domain import FsState, Summary, WriteTarget
@@ -133,19 +135,71 @@ def test_each_commit_on_the_input_is_a_job_named_after_it_that_reads_it(world: W
     assert job.inputs[0].commit == commit
 
 
-def test_jobs_of_a_pipeline_run_one_after_another(world: World) -> None:
+def test_jobs_start_in_order_without_waiting_for_earlier_ones_to_end(world: World) -> None:
     world.pipeline(spec())
     first = world.create_jobs()[0].job
     second = world.put("data", "master")
+    third = world.put("data", "master")
     world.create_jobs()
     assert domain.next_job(world.pps, "count").id == first  # type: ignore[union-attr]
+    assert domain.running_before(world.pps, "count", first) is None
     world.pps_apply(
-        [JobStarted(pipeline="count", job=first, started=T0, plan="p", total=1, skipped=0, to_run=1)]
+        [JobStarted(pipeline="count", job=first, started=T0, plan="p1", total=1, skipped=0, to_run=1)]
     )
-    assert domain.next_job(world.pps, "count") is None  # the first still runs
-    world.pps_apply([JobFinished(pipeline="count", job=first, state="success", finished=T0, index="i")])
     assert domain.next_job(world.pps, "count").id == second  # type: ignore[union-attr]
+    assert domain.running_before(world.pps, "count", second).id == first  # type: ignore[union-attr]
+    started = JobStarted(
+        pipeline="count", job=second, started=T0, plan="p2", total=2, skipped=0, to_run=1, after=first
+    )
+    world.pps_apply([started, DatumsQueued(pipeline="count", job=second)])
+    job = world.pps.jobs["count"][second]
+    assert domain.running_before(world.pps, "count", third).id == second  # type: ignore[union-attr]
+    # The datum that need not wait reports; the job still waits for the first to end.
+    world.pps_apply([DatumFinished(pipeline="count", job=second, datum="d", state="success")])
+    assert (job.state, job.all_reported, list(domain.jobs_to_finish(world.pps))) == ("running", False, [])
+    assert list(domain.jobs_to_rebase(world.pps)) == []
+    world.pps_apply([JobFinished(pipeline="count", job=first, state="success", finished=T0, index="i")])
+    assert [j.id for j in domain.jobs_to_rebase(world.pps)] == [second]
     assert domain.base_job(world.pps, "count", second).id == first  # type: ignore[union-attr]
+    rebased = JobRebased(pipeline="count", job=second, plan="p2b", base=first, skipped=1, to_run=1)
+    world.pps_apply(domain.decide_rebased(job, rebased))
+    assert domain.decide_rebased(job, rebased) == []  # once
+    assert (job.plan, job.base, job.skipped, job.queued, job.queues_waiting) == ("p2b", first, 1, False, True)
+    world.pps_apply(domain.decide_queued(job))
+    assert [j.id for j in domain.jobs_to_finish(world.pps)] == [second]
+
+
+def test_a_job_is_rebased_only_once_every_earlier_job_ended(world: World) -> None:
+    world.pipeline(spec())
+    first = world.create_jobs()[0].job
+    second, third = world.put("data", "master"), world.put("data", "master")
+    world.create_jobs()
+    for job, after in ((first, None), (second, first), (third, second)):
+        started = JobStarted(
+            pipeline="count", job=job, started=T0, plan="p", total=1, skipped=0, to_run=0, after=after
+        )
+        world.pps_apply([started, DatumsQueued(pipeline="count", job=job)])
+    assert list(domain.jobs_to_rebase(world.pps)) == []
+    # The second fails (timeout, say) while the first still runs: the third still waits.
+    world.pps_apply([JobFinished(pipeline="count", job=second, state="killed", finished=T0, reason="x")])
+    assert list(domain.jobs_to_rebase(world.pps)) == []
+    world.pps_apply([JobFinished(pipeline="count", job=first, state="success", finished=T0, index="i")])
+    assert [j.id for j in domain.jobs_to_rebase(world.pps)] == [third]
+    assert domain.base_job(world.pps, "count", third).id == first  # type: ignore[union-attr]
+
+
+def test_queueing_sends_what_need_not_wait_first_and_the_waiting_datums_after_the_rebase() -> None:
+    job = domain.Job(pipeline="p", id="j", version=1, inputs=[], created=T0, after="e", rebased=False)
+    now, waits, kept = (
+        PlannedDatum("a", "h", []),
+        PlannedDatum("b", "h", [], wait=True),
+        PlannedDatum("c", "h", [], skip=True, wait=True),
+    )
+    assert [d.id for d in (now, waits, kept) if domain.queues(job, d)] == ["a"]
+    job.rebased = True
+    assert [d.id for d in (now, waits, kept) if domain.queues(job, d)] == ["b"]
+    alone = domain.Job(pipeline="p", id="k", version=1, inputs=[], created=T0, rebased=True)
+    assert [d.id for d in (now, PlannedDatum("d", "h", [], skip=True)) if domain.queues(alone, d)] == ["a"]
 
 
 def test_a_failed_job_is_never_the_base_of_the_next(world: World) -> None:

@@ -111,6 +111,22 @@ class JobStarted(Event, frozen=True, kw_only=True, tag="job_started"):
     total: int
     skipped: int
     to_run: int
+    # An earlier job still running when this one started. Datums it also runs (same inputs) wait
+    # for it to end, then are skipped or run against the base as it turned out (`JobRebased`);
+    # the rest run at once. `to_run` counts those.
+    after: str | None = None
+
+
+class JobRebased(Event, frozen=True, kw_only=True, tag="job_rebased"):
+    """Every earlier job has ended: the datums that waited for them are skipped (kept from `base`)
+    or run; the job's plan, base and counts are now final."""
+
+    pipeline: str
+    job: str
+    plan: str
+    base: str | None = None
+    skipped: int
+    to_run: int
 
 
 class DatumsQueued(Event, frozen=True, kw_only=True, tag="datums_queued"):
@@ -161,6 +177,7 @@ PpsEvent = (
     | PipelineDeleted
     | JobCreated
     | JobStarted
+    | JobRebased
     | DatumsQueued
     | DatumFinished
     | DatumsFinished
@@ -174,6 +191,7 @@ EVENTS: tuple[type[Event], ...] = (
     PipelineDeleted,
     JobCreated,
     JobStarted,
+    JobRebased,
     DatumsQueued,
     DatumFinished,
     DatumsFinished,
@@ -297,6 +315,7 @@ class PlannedDatum(msgspec.Struct, frozen=True, array_like=True):
     hash: str
     parts: list[DatumPart]
     skip: bool = False
+    wait: bool = False  # planned while an earlier job ran these same inputs: run after it ends
 
 
 class DatumPlan(msgspec.Struct, frozen=True):

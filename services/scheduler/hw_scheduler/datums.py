@@ -14,6 +14,8 @@ import hashlib
 import itertools
 from collections.abc import Mapping, Sequence
 
+import msgspec
+
 from hw_events.pipeline_spec import Input
 from hw_events.pps import (
     DATUM_SUCCESS,
@@ -98,10 +100,13 @@ def plan(
     salt: str,
     base: DatumIndex | None,
     reprocess_every_job: bool = False,
+    running: Mapping[str, str] | None = None,
 ) -> list[PlannedDatum]:
     """Every datum of the job; `skip` where the base job processed the same inputs successfully.
 
-    Failed and recovered datums are never skipped; with `every_job`, nothing is.
+    Failed and recovered datums are never skipped; with `every_job`, nothing is. With `running`
+    (datum id -> hash of an earlier job that has not ended), a datum with the same id and hash
+    `wait`s: whether it is skipped depends on how that job ends (see `rebase`).
     """
     combos, _ = _combinations(spec, parts, 0)
     planned: dict[str, PlannedDatum] = {}
@@ -117,8 +122,21 @@ def plan(
             and before.state == DATUM_SUCCESS
             and before.hash == digest
         )
-        planned[ident] = PlannedDatum(ident, digest, combo, skip)
+        wait = not reprocess_every_job and running is not None and running.get(ident) == digest
+        planned[ident] = PlannedDatum(ident, digest, combo, skip and not wait, wait)
     return list(planned.values())
+
+
+def rebase(planned: Sequence[PlannedDatum], base: DatumIndex | None) -> list[PlannedDatum]:
+    """The plan once the earlier jobs have ended: a waiting datum is skipped where `base` (the
+    newest successful job now) processed the same inputs successfully. Datums that ran at once
+    stay as they were (one the base would have skipped ran anyway: its output is the same)."""
+    out = []
+    for datum in planned:
+        before = base.datums.get(datum.id) if base is not None and datum.wait else None
+        skip = before is not None and before.state == DATUM_SUCCESS and before.hash == datum.hash
+        out.append(msgspec.structs.replace(datum, skip=True) if skip else datum)
+    return out
 
 
 def merge(outputs: Sequence[tuple[str, Layer]]) -> Layer:

@@ -54,6 +54,7 @@ from hw_events.pps import (
     JobFinished,
     JobInfo,
     JobInput,
+    JobRebased,
     JobStarted,
     PipelineCreated,
     PipelineDeleted,
@@ -61,6 +62,7 @@ from hw_events.pps import (
     PipelineStarted,
     PipelineStopped,
     PipelineUpdated,
+    PlannedDatum,
     PpsEvent,
 )
 from hw_events.pps import EVENTS as PPS_EVENTS
@@ -206,6 +208,8 @@ class Job(msgspec.Struct, kw_only=True):
     queued: bool = False
     results: dict[str, DatumFinished] = msgspec.field(default_factory=dict)
     index: str = ""
+    after: str | None = None  # an earlier job that ran when this one started (see JobStarted)
+    rebased: bool = False  # plan, base and counts final: no datum waits for an earlier job
 
     @property
     def state(self) -> str:
@@ -213,13 +217,18 @@ class Job(msgspec.Struct, kw_only=True):
             return self.final
         if self.started is None:
             return CREATED
-        if not self.queued:
+        if not self.queued and not self.results:
             return STARTING
-        return RUNNING if len(self.results) < self.to_run else FINISHING
+        return FINISHING if self.queued and self.all_reported else RUNNING
 
     @property
     def all_reported(self) -> bool:
-        return self.started is not None and len(self.results) >= self.to_run
+        return self.started is not None and self.rebased and len(self.results) >= self.to_run
+
+    @property
+    def queues_waiting(self) -> bool:
+        """The next datums to queue are those that waited for an earlier job (now ended)."""
+        return self.after is not None and self.rebased
 
     def count(self, state: str) -> int:
         return sum(1 for r in self.results.values() if r.state == state)
@@ -274,7 +283,9 @@ def evolve(state: PpsState, event: PpsEvent) -> PpsState:
                 inputs=list(event.inputs),
                 created=event.created,
             )
-        case JobStarted() | DatumsQueued() | DatumFinished() | DatumsFinished() | JobFinished():
+        case (
+            JobStarted() | JobRebased() | DatumsQueued() | DatumFinished() | DatumsFinished() | JobFinished()
+        ):
             job = state.jobs.get(event.pipeline, {}).get(event.job)
             if job is None or job.final:
                 return state  # an ended job changes no more (a step decided before it ended)
@@ -285,12 +296,16 @@ def evolve(state: PpsState, event: PpsEvent) -> PpsState:
 
 
 def _evolve_job(
-    job: Job, event: JobStarted | DatumsQueued | DatumFinished | DatumsFinished | JobFinished
+    job: Job, event: JobStarted | JobRebased | DatumsQueued | DatumFinished | DatumsFinished | JobFinished
 ) -> None:
     match event:
         case JobStarted():
             job.started, job.plan, job.base = event.started, event.plan, event.base
             job.total, job.skipped, job.to_run = event.total, event.skipped, event.to_run
+            job.after, job.rebased = event.after, event.after is None
+        case JobRebased():
+            job.plan, job.base, job.skipped, job.to_run = event.plan, event.base, event.skipped, event.to_run
+            job.rebased, job.queued = True, False  # the datums that waited are still to queue
         case DatumsQueued():
             job.queued = True
         case DatumFinished():
@@ -309,7 +324,7 @@ def _evolve_job(
 
 PPS = Projection(
     name="scheduler",
-    schema="scheduler-2",
+    schema="scheduler-3",
     state_type=PpsState,
     initial=PpsState,
     evolve=evolve,
@@ -596,14 +611,44 @@ def input_problem(view: FsView, job: Job) -> tuple[bool, str]:
 
 
 def next_job(state: PpsState, pipeline: str) -> Job | None:
-    """The job to start next: the oldest not started, once every earlier job has finished."""
+    """The job to start next: the oldest not started (jobs start in order, and need not wait for
+    earlier ones to end: see `running_before`)."""
     if state.pipelines[pipeline].state == PIPELINE_PAUSED:
         return None
     for job in state.jobs.get(pipeline, {}).values():
-        if job.final:
-            continue
-        return job if job.started is None else None
+        if not job.final and job.started is None:
+            return job
     return None
+
+
+def running_before(state: PpsState, pipeline: str, job_id: str) -> Job | None:
+    """The newest earlier job not ended yet. A job starting meanwhile runs at once only the datums
+    that job does not run too; the others wait, as that job's outcome decides whether they are
+    skipped."""
+    running = None
+    for job in state.jobs.get(pipeline, {}).values():
+        if job.id == job_id:
+            break
+        if not job.final:
+            running = job
+    return running
+
+
+def jobs_to_rebase(state: PpsState) -> Iterator[Job]:
+    """Jobs started while an earlier job ran, whose queued datums went out and whose earlier jobs
+    have all ended: their waiting datums can now be skipped or run."""
+    for jobs in state.jobs.values():
+        earlier_running = False
+        for job in jobs.values():
+            if not job.final and job.queued and not job.rebased and not earlier_running:
+                yield job
+            earlier_running = earlier_running or not job.final
+
+
+def queues(job: Job, planned: PlannedDatum) -> bool:
+    """Whether `planned` goes to the workers in the job's next queueing: a datum not skipped and,
+    in a job started while an earlier one ran, those not waiting first, the waiting ones after."""
+    return not planned.skip and planned.wait == job.queues_waiting
 
 
 def base_job(state: PpsState, pipeline: str, before: str) -> Job | None:
@@ -774,6 +819,10 @@ def decide_job_failed(job: Job, reason: str, now: datetime) -> list[Event]:
 
 def decide_job_started(job: Job, started: JobStarted) -> list[Event]:
     return [] if job.started is not None or job.final else [started]
+
+
+def decide_rebased(job: Job, rebased: JobRebased) -> list[Event]:
+    return [] if job.rebased or job.final else [rebased]
 
 
 def decide_queued(job: Job) -> list[Event]:

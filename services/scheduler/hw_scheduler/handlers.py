@@ -53,6 +53,7 @@ from hw_events.pps import (
     InspectPipeline,
     JobFinished,
     JobInfo,
+    JobRebased,
     JobStarted,
     ListDatums,
     ListJobs,
@@ -397,6 +398,8 @@ class Scheduler:
             for job in list(jobs.values()):
                 if job.started is not None and not job.queued and not job.final:
                     await self.guarded(job, self.queue_job)
+        for job in list(domain.jobs_to_rebase(self.pps.state)):
+            await self.guarded(job, self.rebase_job)
         for job in list(domain.jobs_to_finish(self.pps.state)):
             await self.guarded(job, self.finish_job)
 
@@ -463,9 +466,15 @@ class Scheduler:
             return
         pipeline = self.pps.state.pipelines[job.pipeline]
         spec = pipeline.specs[job.version]
-        base = domain.base_job(self.pps.state, job.pipeline, job.id)
-        planned = await asyncio.to_thread(self._plan, job, spec, pipeline.salt, base.index if base else "")
+        # With an earlier job still running, the base is not known yet: what that job also runs
+        # waits for it, the rest runs now.
+        after = domain.running_before(self.pps.state, job.pipeline, job.id)
+        base = domain.base_job(self.pps.state, job.pipeline, job.id) if after is None else None
+        planned = await asyncio.to_thread(
+            self._plan, job, spec, pipeline.salt, base.index if base else "", after.plan if after else ""
+        )
         skipped = sum(1 for d in planned.datums if d.skip)
+        waiting = sum(1 for d in planned.datums if d.wait)
         key = await asyncio.to_thread(self.blobs.save_plan, planned)
         started = JobStarted(
             pipeline=job.pipeline,
@@ -475,17 +484,27 @@ class Scheduler:
             base=base.id if base else None,
             total=len(planned.datums),
             skipped=skipped,
-            to_run=len(planned.datums) - skipped,
+            to_run=len(planned.datums) - skipped - waiting,
+            after=after.id if after else None,
         )
         await self._job_event(job, "start", lambda j: domain.decide_job_started(j, started))
-        self.log.info("job_started", pipeline=job.pipeline, job=job.id, total=started.total, skipped=skipped)
+        self.log.info(
+            "job_started",
+            pipeline=job.pipeline,
+            job=job.id,
+            total=started.total,
+            skipped=skipped,
+            waiting=waiting,
+            after=started.after,
+        )
 
-    def _plan(self, job: Job, spec: PipelineSpec, salt: str, base_index: str) -> DatumPlan:
+    def _plan(self, job: Job, spec: PipelineSpec, salt: str, base_index: str, running_plan: str) -> DatumPlan:
         parts = {}
         for i, (given, pfs) in enumerate(zip(job.inputs, pfs_inputs(spec.input), strict=True)):
             commit = self.fs.state.repos[given.repo].commits[given.commit]
             parts[i] = self.blobs.input_parts(commit.layers, pfs.glob, i)
         base = self.blobs.index(base_index) if base_index else None
+        running = {d.id: d.hash for d in self.blobs.plan(running_plan).datums} if running_plan else None
         return DatumPlan(
             datums.plan(
                 spec.input,
@@ -494,8 +513,31 @@ class Scheduler:
                 salt=salt,
                 base=base,
                 reprocess_every_job=spec.reprocess_spec == "every_job",
+                running=running,
             )
         )
+
+    async def rebase_job(self, job: Job) -> None:
+        """Every earlier job has ended: skip the waiting datums the base job (the newest successful
+        one, as it turned out) processed alike, and queue the rest."""
+        base = domain.base_job(self.pps.state, job.pipeline, job.id)
+
+        def replan() -> tuple[str, int]:
+            index = self.blobs.index(base.index) if base is not None else None
+            planned = datums.rebase(self.blobs.plan(job.plan).datums, index)
+            return self.blobs.save_plan(DatumPlan(planned)), sum(1 for d in planned if d.skip)
+
+        key, skipped = await asyncio.to_thread(replan)
+        rebased = JobRebased(
+            pipeline=job.pipeline,
+            job=job.id,
+            plan=key,
+            base=base.id if base is not None else None,
+            skipped=skipped,
+            to_run=job.total - skipped,
+        )
+        await self._job_event(job, "rebase", lambda j: domain.decide_rebased(j, rebased))
+        self.log.info("job_rebased", pipeline=job.pipeline, job=job.id, skipped=skipped, base=rebased.base)
 
     async def queue_job(self, job: Job) -> None:
         _, problem = domain.input_problem(self.fs.state, job)
@@ -512,13 +554,13 @@ class Scheduler:
         queue = WorkQueue(self.rt.nc, datum_queue.queue_for(job.pipeline))
         # The batches come from the plan alone, so queueing again after a crash makes the same
         # batches, and the queue's de-duplication (by batch id) drops the repeats.
-        to_run = [planned for planned in plan.datums if not planned.skip]
-        base = self.pps.state.jobs[job.pipeline].get(job.base) if job.base else None
+        to_run = [planned for planned in plan.datums if domain.queues(job, planned)]
+        timed = domain.base_job(self.pps.state, job.pipeline, job.id)  # how long a datum takes
         size = domain.batch_size(
             len(to_run),
             spec.workers,
             asked=spec.datum_set_spec.number,
-            seconds_per_datum=domain.datum_seconds(base),
+            seconds_per_datum=domain.datum_seconds(timed),
         )
         queued = [
             BatchedDatum(
@@ -555,7 +597,7 @@ class Scheduler:
             )
             # (the id holds the pipeline's creation: a pipeline made again may reuse job ids)
             await queue.submit(subject, _encode(task), msg_id=step)
-        await self._job_event(job, "queued", domain.decide_queued)
+        await self._job_event(job, "queued-waiting" if job.queues_waiting else "queued", domain.decide_queued)
 
     async def finish_job(self, job: Job) -> None:
         now = utcnow()
