@@ -26,6 +26,7 @@ from hw_events.pps import (
     JobCreated,
     JobFinished,
     JobRebased,
+    JobResultsStored,
     JobStarted,
     PipelineUpdated,
     PlannedDatum,
@@ -313,6 +314,36 @@ def test_update_opens_a_new_output_commit_whose_job_uses_the_new_version(world: 
     )
     (job,) = world.create_jobs()
     assert (job.job, job.version) == (cid(77), 2)
+
+
+def test_an_ended_jobs_results_leave_memory_and_its_totals_stay(world: World) -> None:
+    world.pipeline(spec())
+    job_id = world.create_jobs()[0].job
+    world.pps_apply(
+        [JobStarted(pipeline="count", job=job_id, started=T0, plan="p", total=3, skipped=0, to_run=3)]
+    )
+    results = [
+        DatumFinished(pipeline="count", job=job_id, datum="a", state="success", seconds=1.0, attempts=2),
+        DatumFinished(
+            pipeline="count", job=job_id, datum="b", state="recovered", seconds=3.0, upload_bytes=5
+        ),
+        DatumFinished(pipeline="count", job=job_id, datum="c", state="success", download_bytes=7),
+    ]
+    world.pps_apply(domain.decide_record_datums(world.pps, "count", job_id, results))
+    job = world.pps.jobs["count"][job_id]
+    stored = JobResultsStored(pipeline="count", job=job_id, results="results/x")
+    assert domain.decide_results_stored(job, stored) == []  # not while it runs
+    assert list(domain.results_to_store(world.pps)) == []
+    world.pps_apply([JobFinished(pipeline="count", job=job_id, state="success", finished=T0, index="i")])
+    before = domain.job_info(job)
+    assert [j.id for j in domain.results_to_store(world.pps)] == [job_id]
+    world.pps_apply(domain.decide_results_stored(job, stored))
+    assert (job.results, job.stored, domain.decide_results_stored(job, stored)) == ({}, "results/x", [])
+    assert domain.job_info(job) == before
+    assert (before.data_processed, before.data_recovered, before.restarts) == (2, 1, 1)
+    assert (before.download_bytes, before.upload_bytes) == (7, 5)
+    assert domain.datum_seconds(job) == pytest.approx(4.0 / 3)
+    assert list(domain.results_to_store(world.pps)) == []
 
 
 def test_what_create_update_and_delete_refuse(world: World) -> None:

@@ -160,6 +160,15 @@ class DatumsFinished(Event, frozen=True, kw_only=True, tag="datums_finished"):
     results: list[DatumFinished]
 
 
+class JobResultsStored(Event, frozen=True, kw_only=True, tag="job_results_stored"):
+    """An ended job's datum results are in the object store (`results`, a `DatumResults`): the
+    scheduler keeps only their totals in memory, so its state stays small however many jobs ran."""
+
+    pipeline: str
+    job: str
+    results: str
+
+
 class JobFinished(Event, frozen=True, kw_only=True, tag="job_finished"):
     pipeline: str
     job: str
@@ -182,6 +191,7 @@ PpsEvent = (
     | DatumFinished
     | DatumsFinished
     | JobFinished
+    | JobResultsStored
 )
 EVENTS: tuple[type[Event], ...] = (
     PipelineCreated,
@@ -196,6 +206,7 @@ EVENTS: tuple[type[Event], ...] = (
     DatumFinished,
     DatumsFinished,
     JobFinished,
+    JobResultsStored,
 )
 
 # --- commands --------------------------------------------------------------------------------------
@@ -320,6 +331,12 @@ class PlannedDatum(msgspec.Struct, frozen=True, array_like=True):
 
 class DatumPlan(msgspec.Struct, frozen=True):
     datums: list[PlannedDatum]
+
+
+class DatumResults(msgspec.Struct, frozen=True):
+    """What the workers reported for an ended job's datums (see `JobResultsStored`)."""
+
+    results: list[DatumFinished]
 
 
 class IndexedDatum(msgspec.Struct, frozen=True, array_like=True):

@@ -16,6 +16,7 @@ CHUNKS = "chunks"
 LAYERS = "layers"
 PLANS = "plans"  # a job's datums: which inputs each reads, and which are skipped
 INDEXES = "indexes"  # a finished job's datums: hash, state and output layer each
+RESULTS = "results"  # an ended job's datum results, as the workers reported them
 
 
 class BlobNotFound(KeyError):

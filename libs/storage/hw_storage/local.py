@@ -13,9 +13,9 @@ import re
 import uuid
 from collections.abc import Iterator
 
-from hw_storage.blobs import CHUNKS, INDEXES, LAYERS, PLANS, BlobNotFound
+from hw_storage.blobs import CHUNKS, INDEXES, LAYERS, PLANS, RESULTS, BlobNotFound
 
-KINDS = (CHUNKS, LAYERS, PLANS, INDEXES)
+KINDS = (CHUNKS, LAYERS, PLANS, INDEXES, RESULTS)
 _NAME = re.compile(r"^[0-9a-f]{64}$")
 
 

@@ -1,4 +1,4 @@
-"""The scheduler's storage adapter: input trees, datum plans and indexes, merged outputs.
+"""The scheduler's storage adapter: input trees, datum plans, indexes and results, merged outputs.
 
 Plans and indexes are immutable and named by their content, so they cache without bound checks
 beyond a size limit. Everything here is blocking: call it in a thread.
@@ -11,15 +11,16 @@ from collections.abc import Sequence
 
 import msgspec
 
-from hw_events.pps import DatumIndex, DatumPart, DatumPlan
+from hw_events.pps import DatumIndex, DatumPart, DatumPlan, DatumResults
 from hw_scheduler import datums
 from hw_storage import layers
-from hw_storage.blobs import INDEXES, PLANS, BlobStore, content_key
+from hw_storage.blobs import INDEXES, PLANS, RESULTS, BlobStore, content_key
 from hw_storage.recent import Recent
 from hw_storage.trees import TreeCache
 
 _plan_decoder = msgspec.msgpack.Decoder(DatumPlan)
 _index_decoder = msgspec.msgpack.Decoder(DatumIndex)
+_results_decoder = msgspec.msgpack.Decoder(DatumResults)
 _encoder = msgspec.msgpack.Encoder()
 
 
@@ -31,6 +32,7 @@ class JobBlobs:
         # saving keeps it here, so it is not decoded again.
         self._plans: Recent[DatumPlan] = Recent(16)
         self._indexes: Recent[DatumIndex] = Recent(16)
+        self._results: Recent[DatumResults] = Recent(4)  # `list datum` paging through one job
         self.plan_ids = functools.lru_cache(maxsize=64)(self._plan_ids)
 
     def input_parts(self, tree: tuple[str, ...], glob: str, index: int) -> list[DatumPart]:
@@ -51,6 +53,12 @@ class JobBlobs:
         key = self._put(INDEXES, index)
         self._indexes.keep(key, index)
         return key
+
+    def save_results(self, results: DatumResults) -> str:
+        return self._put(RESULTS, results)
+
+    def results(self, key: str) -> DatumResults:
+        return self._results.get(key, lambda: _results_decoder.decode(self.store.get(key)))
 
     def plan(self, key: str) -> DatumPlan:
         return self._plans.get(key, lambda: _plan_decoder.decode(self.store.get(key)))

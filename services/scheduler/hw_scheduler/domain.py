@@ -12,7 +12,7 @@ Decisions return events per aggregate subject; `handlers` appends them and does 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import NamedTuple
 
@@ -55,6 +55,7 @@ from hw_events.pps import (
     JobInfo,
     JobInput,
     JobRebased,
+    JobResultsStored,
     JobStarted,
     PipelineCreated,
     PipelineDeleted,
@@ -190,6 +191,33 @@ class Pipeline(msgspec.Struct, kw_only=True):
     specs: dict[int, PipelineSpec] = msgspec.field(default_factory=dict)  # every version's spec
 
 
+class Tally(msgspec.Struct, kw_only=True):
+    """Totals of a job's datum results."""
+
+    datums: int = 0
+    processed: int = 0
+    failed: int = 0
+    recovered: int = 0
+    download_bytes: int = 0
+    upload_bytes: int = 0
+    restarts: int = 0
+    seconds: float = 0.0
+
+
+def tally_of(results: Iterable[DatumFinished]) -> Tally:
+    tally = Tally()
+    for r in results:
+        tally.datums += 1
+        tally.processed += r.state == DATUM_SUCCESS
+        tally.failed += r.state == DATUM_FAILED
+        tally.recovered += r.state == DATUM_RECOVERED
+        tally.download_bytes += r.download_bytes
+        tally.upload_bytes += r.upload_bytes
+        tally.restarts += max(0, r.attempts - 1)
+        tally.seconds += r.seconds
+    return tally
+
+
 class Job(msgspec.Struct, kw_only=True):
     pipeline: str
     id: str
@@ -210,6 +238,10 @@ class Job(msgspec.Struct, kw_only=True):
     index: str = ""
     after: str | None = None  # an earlier job that ran when this one started (see JobStarted)
     rebased: bool = False  # plan, base and counts final: no datum waits for an earlier job
+    # Once the job ended, its results go to the object store (this key) and only their totals
+    # stay: a long-lived scheduler's state (and snapshot) holds jobs, not every datum ever run.
+    stored: str = ""
+    stored_tally: Tally | None = None
 
     @property
     def state(self) -> str:
@@ -230,8 +262,9 @@ class Job(msgspec.Struct, kw_only=True):
         """The next datums to queue are those that waited for an earlier job (now ended)."""
         return self.after is not None and self.rebased
 
-    def count(self, state: str) -> int:
-        return sum(1 for r in self.results.values() if r.state == state)
+    @property
+    def tally(self) -> Tally:
+        return self.stored_tally if self.stored_tally is not None else tally_of(self.results.values())
 
 
 class Deleted(msgspec.Struct, kw_only=True):
@@ -283,6 +316,10 @@ def evolve(state: PpsState, event: PpsEvent) -> PpsState:
                 inputs=list(event.inputs),
                 created=event.created,
             )
+        case JobResultsStored():
+            job = state.jobs.get(event.pipeline, {}).get(event.job)
+            if job is not None and job.final and not job.stored:
+                job.stored, job.stored_tally, job.results = event.results, tally_of(job.results.values()), {}
         case (
             JobStarted() | JobRebased() | DatumsQueued() | DatumFinished() | DatumsFinished() | JobFinished()
         ):
@@ -415,7 +452,7 @@ def pipeline_info(state: PpsState, pipeline: Pipeline) -> PipelineInfo:
 
 
 def job_info(job: Job) -> JobInfo:
-    processed = job.count(DATUM_SUCCESS)
+    tally = job.tally
     return JobInfo(
         pipeline=job.pipeline,
         id=job.id,
@@ -427,13 +464,13 @@ def job_info(job: Job) -> JobInfo:
         reason=job.reason,
         inputs=job.inputs,
         data_total=job.total,
-        data_processed=processed,
+        data_processed=tally.processed,
         data_skipped=job.skipped,
-        data_failed=job.count(DATUM_FAILED),
-        data_recovered=job.count(DATUM_RECOVERED),
-        download_bytes=sum(r.download_bytes for r in job.results.values()),
-        upload_bytes=sum(r.upload_bytes for r in job.results.values()),
-        restarts=sum(max(0, r.attempts - 1) for r in job.results.values()),
+        data_failed=tally.failed,
+        data_recovered=tally.recovered,
+        download_bytes=tally.download_bytes,
+        upload_bytes=tally.upload_bytes,
+        restarts=tally.restarts,
         base=job.base,
     )
 
@@ -806,9 +843,8 @@ def batches(sizes: list[int], count: int) -> list[range]:
 
 def datum_seconds(job: Job | None) -> float:
     """The mean time a datum of this (finished) job took, 0 when none ran."""
-    if job is None or not job.results:
-        return 0.0
-    return sum(r.seconds for r in job.results.values()) / len(job.results)
+    tally = job.tally if job is not None else Tally()
+    return tally.seconds / tally.datums if tally.datums else 0.0
 
 
 def decide_job_failed(job: Job, reason: str, now: datetime) -> list[Event]:
@@ -823,6 +859,18 @@ def decide_job_started(job: Job, started: JobStarted) -> list[Event]:
 
 def decide_rebased(job: Job, rebased: JobRebased) -> list[Event]:
     return [] if job.rebased or job.final else [rebased]
+
+
+def results_to_store(state: PpsState) -> Iterator[Job]:
+    """Ended jobs whose results are still held in memory."""
+    for jobs in state.jobs.values():
+        for job in jobs.values():
+            if job.final and job.results and not job.stored:
+                yield job
+
+
+def decide_results_stored(job: Job, stored: JobResultsStored) -> list[Event]:
+    return [stored] if job.final and not job.stored else []
 
 
 def decide_queued(job: Job) -> list[Event]:

@@ -47,6 +47,7 @@ from hw_events.pps import (
     DatumIndex,
     DatumInfo,
     DatumPlan,
+    DatumResults,
     DeletePipeline,
     IndexedDatum,
     InspectJob,
@@ -54,6 +55,7 @@ from hw_events.pps import (
     JobFinished,
     JobInfo,
     JobRebased,
+    JobResultsStored,
     JobStarted,
     ListDatums,
     ListJobs,
@@ -343,9 +345,13 @@ class Scheduler:
         if not job.plan:
             return []
         plan = await asyncio.to_thread(self.blobs.plan, job.plan)
+        results = job.results
+        if job.stored:
+            stored = await asyncio.to_thread(self.blobs.results, job.stored)
+            results = {r.datum: r for r in stored.results}
         out = []
         for planned in plan.datums:
-            result = job.results.get(planned.id)
+            result = results.get(planned.id)
             state = DATUM_SKIPPED if planned.skip else result.state if result else DATUM_PENDING
             out.append(
                 DatumInfo(
@@ -402,6 +408,8 @@ class Scheduler:
             await self.guarded(job, self.rebase_job)
         for job in list(domain.jobs_to_finish(self.pps.state)):
             await self.guarded(job, self.finish_job)
+        for job in list(domain.results_to_store(self.pps.state)):
+            await self.guarded(job, self.store_results)
 
     async def guarded(self, job: Job, work: Callable[[Job], Awaitable[None]]) -> None:
         """Do one step of one job, so that a job that cannot go on stops no other. What can never
@@ -626,6 +634,13 @@ class Scheduler:
         )
         await self._job_event(job, "succeeded", lambda j: domain.decide_job_finished(j, finished))
         self.log.info("job_finished", pipeline=job.pipeline, job=job.id, state=SUCCESS)
+
+    async def store_results(self, job: Job) -> None:
+        """An ended job's results to the object store; the state keeps their totals."""
+        results = DatumResults(list(job.results.values()))
+        key = await asyncio.to_thread(self.blobs.save_results, results)
+        stored = JobResultsStored(pipeline=job.pipeline, job=job.id, results=key)
+        await self._job_event(job, "results", lambda j: domain.decide_results_stored(j, stored))
 
     def _merge(self, job: Job) -> tuple[list[str], str]:
         """The job's output tree and its datum index: run datums' outputs, and the base job's for
