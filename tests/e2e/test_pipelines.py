@@ -518,13 +518,16 @@ def test_the_queued_datums_of_a_job_killed_by_an_update_do_not_run(headwater: Ho
 
 def test_a_job_runs_what_is_new_while_the_job_before_it_still_runs(headwater: Home, tmp_path: Path) -> None:
     hwctl("create", "repo", "data")
-    runs, go, fail = tmp_path / "runs", tmp_path / "go", tmp_path / "fail-once"
+    runs, starts = tmp_path / "runs", tmp_path / "starts"
+    go, fail = tmp_path / "go", tmp_path / "fail-once"
     code = script(
         tmp_path,
         "upper.py",
         f"""
         import os, sys, time
         (name,) = os.listdir("/pfs/data")
+        with open({str(starts)!r}, "a") as starts:
+            starts.write(name + " " + os.environ["HW_JOB_ID"] + "\\n")
         while name == "slow" and not os.path.exists({str(go)!r}):
             time.sleep(0.05)
         with open({str(runs)!r}, "a") as runs:
@@ -562,6 +565,8 @@ def test_a_job_runs_what_is_new_while_the_job_before_it_still_runs(headwater: Ho
     eventually(lambda: [j["state"] for j in jobs("up")][2:] == ["running"], "job 3 running")
     fourth_id = put("data@master", "/other", "o")
     eventually(lambda: ran(fourth_id) == ["other"], "job 4's new datum running while job 3 runs")
+    time.sleep(1)  # (a worker is free: were /slow not waiting for job 3, it would start now)
+    assert f"slow {fourth_id}" not in starts.read_text()
     go.write_text("")
     done = settled_jobs("up", 4)
     assert [j["state"] for j in done[2:]] == ["failure", "success"]

@@ -152,11 +152,20 @@ def test_datums_an_earlier_running_job_also_runs_wait_and_are_skipped_once_it_en
             ids["/failing"]: IndexedDatum(hashes["/failing"], DATUM_FAILED, ""),
         }
     )
-    rebased = {d.parts[0].path: d for d in datums.rebase(planned, index)}
-    assert {p for p, d in rebased.items() if d.skip} == {"/same"}
-    assert {p for p, d in rebased.items() if d.wait} == {"/same", "/failing"}  # which waited stays known
+    rebased, dropped = datums.rebase(planned, index)
+    by_path = {d.parts[0].path: d for d in rebased}
+    assert ({p for p, d in by_path.items() if d.skip}, dropped) == ({"/same"}, [])
+    assert {p for p, d in by_path.items() if d.wait} == {"/same", "/failing"}  # which waited stays known
     # It failed (no base), or the pipeline reprocesses every job: every waiting datum runs.
-    assert not any(d.skip for d in datums.rebase(planned, None))
+    assert not any(d.skip for d in datums.rebase(planned, None)[0])
+    # It failed, and the older base had /changed as it is now: as in order, that is skipped too,
+    # though it ran at once; its result is set aside.
+    older = DatumIndex(
+        {by_path["/changed"].id: IndexedDatum(by_path["/changed"].hash, DATUM_SUCCESS, "layers/c")}
+    )
+    rebased, dropped = datums.rebase(planned, older)
+    assert [d.parts[0].path for d in rebased if d.skip] == ["/changed"]
+    assert dropped == [by_path["/changed"].id]
     every_job = datums.plan(
         glob, inputs, parts, salt="s", base=None, running=running, reprocess_every_job=True
     )

@@ -162,7 +162,9 @@ def test_jobs_start_in_order_without_waiting_for_earlier_ones_to_end(world: Worl
     world.pps_apply([JobFinished(pipeline="count", job=first, state="success", finished=T0, index="i")])
     assert [j.id for j in domain.jobs_to_rebase(world.pps)] == [second]
     assert domain.base_job(world.pps, "count", second).id == first  # type: ignore[union-attr]
-    rebased = JobRebased(pipeline="count", job=second, plan="p2b", base=first, skipped=1, to_run=1)
+    rebased = JobRebased(
+        pipeline="count", job=second, rebased=T0, plan="p2b", base=first, skipped=1, to_run=1
+    )
     world.pps_apply(domain.decide_rebased(job, rebased))
     assert domain.decide_rebased(job, rebased) == []  # once
     assert (job.plan, job.base, job.skipped, job.queued, job.queues_waiting) == ("p2b", first, 1, False, True)
@@ -187,6 +189,47 @@ def test_a_job_is_rebased_only_once_every_earlier_job_ended(world: World) -> Non
     world.pps_apply([JobFinished(pipeline="count", job=first, state="success", finished=T0, index="i")])
     assert [j.id for j in domain.jobs_to_rebase(world.pps)] == [third]
     assert domain.base_job(world.pps, "count", third).id == first  # type: ignore[union-attr]
+
+
+def test_a_job_that_waited_counts_its_timeout_from_its_rebase_and_sets_aside_what_it_need_not_have_run(
+    world: World,
+) -> None:
+    world.pipeline(spec(job_timeout="30s"))
+    first = world.create_jobs()[0].job
+    second = world.put("data", "master")
+    world.create_jobs()
+    world.pps_apply(
+        [
+            JobStarted(pipeline="count", job=first, started=T0, plan="p", total=1, skipped=0, to_run=1),
+            JobStarted(
+                pipeline="count", job=second, started=T0, plan="p", total=3, skipped=0, to_run=2, after=first
+            ),
+            DatumsQueued(pipeline="count", job=second),
+            DatumFinished(pipeline="count", job=second, datum="early", state="failed"),
+        ]
+    )
+    job = world.pps.jobs["count"][second]
+    late = T0 + timedelta(minutes=5)
+    assert [j.id for j, _ in domain.timed_out(world.pps, late)] == [first]  # not the one waiting on it
+    world.pps_apply([JobFinished(pipeline="count", job=first, state="failure", finished=late, reason="x")])
+    rebased = JobRebased(
+        pipeline="count", job=second, rebased=late, plan="p2", skipped=2, to_run=1, dropped=["early"]
+    )
+    world.pps_apply(domain.decide_rebased(job, rebased))
+    assert (job.results, job.state, job.to_run) == ({}, "running", 1)  # the early result set aside
+    world.pps_apply(
+        domain.decide_record_datums(
+            world.pps,
+            "count",
+            second,
+            [
+                DatumFinished(pipeline="count", job=second, datum="early", state="success"),
+            ],
+        )
+    )
+    assert job.results == {}  # a late report of it too
+    assert list(domain.timed_out(world.pps, late + timedelta(seconds=29))) == []
+    assert [j.id for j, _ in domain.timed_out(world.pps, late + timedelta(seconds=31))] == [second]
 
 
 def test_queueing_sends_what_need_not_wait_first_and_the_waiting_datums_after_the_rebase() -> None:
@@ -479,6 +522,25 @@ def test_fs_finishes_only_open_output_commits_and_a_retry_changes_nothing(world:
     commit = world.fs.repos["count"].commits[job]
     assert (commit.layers, commit.size_bytes, commit.error) == (("layers/out",), 5, "")
     assert fs_domain.decide_finish_output_commit(world.fs, finish, Summary((), 0, 0), T0) == {}
+
+
+def test_a_failed_output_commit_holds_the_last_good_output_as_it_is_when_it_fails(world: World) -> None:
+    world.pipeline(spec())
+    first = world.create_jobs()[0].job
+    second, third = world.put("data", "master"), world.put("data", "master")
+    world.create_jobs()  # both opened while the first job's commit is still open
+
+    def finish(job: str, summary: Summary | None, error: str = "") -> tuple[str, ...]:
+        world.fs_apply(
+            fs_domain.decide_finish_output_commit(
+                world.fs, fs_domain_finish("count", job, error=error), summary, T0
+            )
+        )
+        return world.fs.repos["count"].commits[job].layers
+
+    assert finish(first, Summary(("layers/one",), 3, 1)) == ("layers/one",)
+    assert finish(second, None, error="failure: x") == ("layers/one",)  # not the tree it was opened on
+    assert finish(third, None, error="killed: y") == ("layers/one",)  # past the failed one
 
 
 def test_a_job_running_past_job_timeout_is_to_be_killed(world: World) -> None:

@@ -115,18 +115,24 @@ class JobStarted(Event, frozen=True, kw_only=True, tag="job_started"):
     # for it to end, then are skipped or run against the base as it turned out (`JobRebased`);
     # the rest run at once. `to_run` counts those.
     after: str | None = None
+    # Mean seconds a datum took in the newest successful job at the start: sizes the batches
+    # (kept here so queueing again after a crash cuts the same batches).
+    datum_seconds: float = 0.0
 
 
 class JobRebased(Event, frozen=True, kw_only=True, tag="job_rebased"):
     """Every earlier job has ended: the datums that waited for them are skipped (kept from `base`)
-    or run; the job's plan, base and counts are now final."""
+    or run; the job's plan, base and counts are now final. `dropped` ran at once, but `base` had
+    them as they are: they are skipped too, their results set aside, as if the jobs ran in order."""
 
     pipeline: str
     job: str
+    rebased: datetime  # its job_timeout counts from here: until now it waited on earlier jobs
     plan: str
     base: str | None = None
     skipped: int
     to_run: int
+    dropped: list[str] = msgspec.field(default_factory=list)
 
 
 class DatumsQueued(Event, frozen=True, kw_only=True, tag="datums_queued"):

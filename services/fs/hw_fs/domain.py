@@ -811,8 +811,19 @@ def decide_finish_output_commit(
     if commit.finished is not None:
         return {}  # finished already: a retried request after its reply was lost
     if summary is None:
-        summary = Summary(commit.layers, commit.size_bytes, commit.files)
+        summary = _last_good_output(repo_of(state, command.repo), commit)
     return {command.repo: [_finished(command.repo, commit.id, summary, now, error=command.error)]}
+
+
+def _last_good_output(repo: Repo, commit: Commit) -> Summary:
+    """What a failed output commit holds: the tree of its nearest ancestor finished without an
+    error, as it is now (its parent may have been open, or have failed, when it was opened)."""
+    parent = repo.commits.get(commit.parent) if commit.parent else None
+    while parent is not None and (parent.finished is None or parent.error):
+        parent = repo.commits.get(parent.parent) if parent.parent else None
+    if parent is None:
+        return Summary((), 0, 0)
+    return Summary(parent.layers, parent.size_bytes, parent.files)
 
 
 def decide_open_output_commit(

@@ -127,16 +127,22 @@ def plan(
     return list(planned.values())
 
 
-def rebase(planned: Sequence[PlannedDatum], base: DatumIndex | None) -> list[PlannedDatum]:
-    """The plan once the earlier jobs have ended: a waiting datum is skipped where `base` (the
-    newest successful job now) processed the same inputs successfully. Datums that ran at once
-    stay as they were (one the base would have skipped ran anyway: its output is the same)."""
-    out = []
+def rebase(planned: Sequence[PlannedDatum], base: DatumIndex | None) -> tuple[list[PlannedDatum], list[str]]:
+    """The plan once the earlier jobs have ended, and the datums that ran at once but need not
+    have: every datum `base` (the newest successful job now) processed successfully with the
+    same hash is skipped, as it would have been had the jobs run in order. Those that waited
+    mostly; one that ran at once only when an earlier job failed and left an older base that
+    had it (its result is set aside: after an update its output could differ)."""
+    out, dropped = [], []
     for datum in planned:
-        before = base.datums.get(datum.id) if base is not None and datum.wait else None
-        skip = before is not None and before.state == DATUM_SUCCESS and before.hash == datum.hash
-        out.append(msgspec.structs.replace(datum, skip=True) if skip else datum)
-    return out
+        before = base.datums.get(datum.id) if base is not None else None
+        if before is None or before.state != DATUM_SUCCESS or before.hash != datum.hash:
+            out.append(datum)
+            continue
+        out.append(msgspec.structs.replace(datum, skip=True))
+        if not datum.wait:
+            dropped.append(datum.id)
+    return out, dropped
 
 
 def merge(outputs: Sequence[tuple[str, Layer]]) -> Layer:

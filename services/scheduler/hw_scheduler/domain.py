@@ -238,6 +238,9 @@ class Job(msgspec.Struct, kw_only=True):
     index: str = ""
     after: str | None = None  # an earlier job that ran when this one started (see JobStarted)
     rebased: bool = False  # plan, base and counts final: no datum waits for an earlier job
+    running_since: datetime | None = None  # started, or rebased when it waited on earlier jobs
+    datum_seconds: float = 0.0  # see JobStarted
+    dropped: set[str] = msgspec.field(default_factory=set)  # see JobRebased
     # Once the job ended, its results go to the object store (this key) and only their totals
     # stay: a long-lived scheduler's state (and snapshot) holds jobs, not every datum ever run.
     stored: str = ""
@@ -249,7 +252,7 @@ class Job(msgspec.Struct, kw_only=True):
             return self.final
         if self.started is None:
             return CREATED
-        if not self.queued and not self.results:
+        if not self.queued and not self.results and not self.queues_waiting:
             return STARTING
         return FINISHING if self.queued and self.all_reported else RUNNING
 
@@ -340,16 +343,26 @@ def _evolve_job(
             job.started, job.plan, job.base = event.started, event.plan, event.base
             job.total, job.skipped, job.to_run = event.total, event.skipped, event.to_run
             job.after, job.rebased = event.after, event.after is None
+            job.running_since = event.started if event.after is None else None
+            job.datum_seconds = event.datum_seconds
         case JobRebased():
+            if job.rebased:
+                return
             job.plan, job.base, job.skipped, job.to_run = event.plan, event.base, event.skipped, event.to_run
             job.rebased, job.queued = True, False  # the datums that waited are still to queue
+            job.running_since = event.rebased
+            job.dropped = set(event.dropped)
+            for datum in event.dropped:
+                job.results.pop(datum, None)
         case DatumsQueued():
             job.queued = True
         case DatumFinished():
-            job.results.setdefault(event.datum, event)
+            if event.datum not in job.dropped:
+                job.results.setdefault(event.datum, event)
         case DatumsFinished():
             for result in event.results:
-                job.results.setdefault(result.datum, result)
+                if result.datum not in job.dropped:
+                    job.results.setdefault(result.datum, result)
         case JobFinished():
             job.final, job.reason, job.finished, job.index = (
                 event.state,
@@ -729,16 +742,19 @@ def unfinished_outputs(state: PpsState, view: FsView) -> Iterator[Job]:
 
 
 def timed_out(state: PpsState, now: datetime) -> Iterator[tuple[Job, str]]:
-    """Started jobs running longer than their pipeline's `job_timeout`, with the reason to give."""
+    """Started jobs running longer than their pipeline's `job_timeout`, with the reason to give.
+    A job that started while an earlier one ran counts from when every earlier job had ended
+    (it could not finish before), as it would have had the jobs run in order."""
     for name, jobs in state.jobs.items():
         pipeline = state.pipelines.get(name)
         if pipeline is None:
             continue
         for job in jobs.values():
             spec = pipeline.specs.get(job.version)
-            if job.final or job.started is None or spec is None or not spec.job_timeout:
+            since = job.running_since
+            if job.final or since is None or spec is None or not spec.job_timeout:
                 continue
-            if (now - job.started).total_seconds() > parse_duration(spec.job_timeout).total_seconds():
+            if (now - since).total_seconds() > parse_duration(spec.job_timeout).total_seconds():
                 yield job, f"job timed out after {spec.job_timeout} (job_timeout)"
 
 
@@ -796,7 +812,7 @@ def decide_record_datums(
             )
         if result.state not in (DATUM_SUCCESS, DATUM_FAILED, DATUM_RECOVERED):
             raise UserError(f'datum state "{result.state}" is not one a worker reports')
-        if result.datum not in job.results:
+        if result.datum not in job.results and result.datum not in job.dropped:
             new.setdefault(result.datum, result)
     return [DatumsFinished(pipeline=pipeline, job=job_id, results=list(new.values()))] if new else []
 

@@ -320,7 +320,7 @@ class Scheduler:
         job = self.pps.state.jobs.get(query.pipeline, {}).get(query.job)
         if job is None or job.final:  # (a replayed scheduler knows every job it ever queued)
             return list(query.datums)
-        return [datum for datum in query.datums if datum in job.results]
+        return [datum for datum in query.datums if datum in job.results or datum in job.dropped]
 
     async def list_jobs(self, query: ListJobs) -> list[JobInfo]:
         jobs = domain.list_jobs(self.pps.state, query.pipeline, query.input_commit)
@@ -469,15 +469,19 @@ class Scheduler:
         ready, problem = domain.input_problem(self.fs.state, job)
         if not ready:
             return
-        if problem:
-            await self._job_event(job, "unrunnable", lambda j: domain.decide_job_failed(j, problem, utcnow()))
-            return
-        pipeline = self.pps.state.pipelines[job.pipeline]
-        spec = pipeline.specs[job.version]
         # With an earlier job still running, the base is not known yet: what that job also runs
         # waits for it, the rest runs now.
         after = domain.running_before(self.pps.state, job.pipeline, job.id)
-        base = domain.base_job(self.pps.state, job.pipeline, job.id) if after is None else None
+        if problem:
+            if after is None:  # (else it fails once the earlier jobs ended: jobs end in order)
+                await self._job_event(
+                    job, "unrunnable", lambda j: domain.decide_job_failed(j, problem, utcnow())
+                )
+            return
+        pipeline = self.pps.state.pipelines[job.pipeline]
+        spec = pipeline.specs[job.version]
+        newest_success = domain.base_job(self.pps.state, job.pipeline, job.id)
+        base = newest_success if after is None else None
         planned = await asyncio.to_thread(
             self._plan, job, spec, pipeline.salt, base.index if base else "", after.plan if after else ""
         )
@@ -494,6 +498,7 @@ class Scheduler:
             skipped=skipped,
             to_run=len(planned.datums) - skipped - waiting,
             after=after.id if after else None,
+            datum_seconds=domain.datum_seconds(newest_success),
         )
         await self._job_event(job, "start", lambda j: domain.decide_job_started(j, started))
         self.log.info(
@@ -530,19 +535,21 @@ class Scheduler:
         one, as it turned out) processed alike, and queue the rest."""
         base = domain.base_job(self.pps.state, job.pipeline, job.id)
 
-        def replan() -> tuple[str, int]:
+        def replan() -> tuple[str, int, list[str]]:
             index = self.blobs.index(base.index) if base is not None else None
-            planned = datums.rebase(self.blobs.plan(job.plan).datums, index)
-            return self.blobs.save_plan(DatumPlan(planned)), sum(1 for d in planned if d.skip)
+            planned, dropped = datums.rebase(self.blobs.plan(job.plan).datums, index)
+            return self.blobs.save_plan(DatumPlan(planned)), sum(1 for d in planned if d.skip), dropped
 
-        key, skipped = await asyncio.to_thread(replan)
+        key, skipped, dropped = await asyncio.to_thread(replan)
         rebased = JobRebased(
             pipeline=job.pipeline,
             job=job.id,
+            rebased=utcnow(),
             plan=key,
             base=base.id if base is not None else None,
             skipped=skipped,
             to_run=job.total - skipped,
+            dropped=dropped,
         )
         await self._job_event(job, "rebase", lambda j: domain.decide_rebased(j, rebased))
         self.log.info("job_rebased", pipeline=job.pipeline, job=job.id, skipped=skipped, base=rebased.base)
@@ -563,12 +570,13 @@ class Scheduler:
         # The batches come from the plan alone, so queueing again after a crash makes the same
         # batches, and the queue's de-duplication (by batch id) drops the repeats.
         to_run = [planned for planned in plan.datums if domain.queues(job, planned)]
-        timed = domain.base_job(self.pps.state, job.pipeline, job.id)  # how long a datum takes
+        # How long a datum takes, as known when the job started (the newest successful job may
+        # change since: batches cut again after a crash must be the same).
+        seconds = job.datum_seconds
+        if not seconds and job.base is not None and job.base in self.pps.state.jobs[job.pipeline]:
+            seconds = domain.datum_seconds(self.pps.state.jobs[job.pipeline][job.base])  # (older events)
         size = domain.batch_size(
-            len(to_run),
-            spec.workers,
-            asked=spec.datum_set_spec.number,
-            seconds_per_datum=domain.datum_seconds(timed),
+            len(to_run), spec.workers, asked=spec.datum_set_spec.number, seconds_per_datum=seconds
         )
         queued = [
             BatchedDatum(
