@@ -7,6 +7,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from hw_events.errors import AlreadyExists, NotFound, UserError
 from hw_events.fs import (
@@ -380,7 +382,9 @@ def test_an_ended_jobs_results_leave_memory_and_its_totals_stay(world: World) ->
     world.pps_apply([JobFinished(pipeline="count", job=job_id, state="success", finished=T0, index="i")])
     before = domain.job_info(job)
     assert [j.id for j in domain.results_to_store(world.pps)] == [job_id]
+    assert list(world.pps.active["count"]) == [job_id]  # still something to do
     world.pps_apply(domain.decide_results_stored(job, stored))
+    assert world.pps.active["count"] == {}  # nothing left: the scheduler's pass no longer looks at it
     assert (job.results, job.stored, domain.decide_results_stored(job, stored)) == ({}, "results/x", [])
     assert domain.job_info(job) == before
     assert (before.data_processed, before.data_recovered, before.restarts) == (2, 1, 1)
@@ -590,3 +594,36 @@ def test_a_deleted_pipelines_repo_is_deleted_but_not_a_repo_made_later_under_its
     world.fs_apply({"count": [RepoDeleted(repo="count")]})
     world.fs_apply({"count": [RepoCreated(repo="count", created=later + timedelta(seconds=1))]})
     assert list(domain.repos_to_delete(world.pps, world.view)) == []
+
+
+JOB_EVENTS = st.sampled_from(["start", "report", "finish", "fail", "store"])
+
+
+@given(st.lists(st.tuples(st.integers(0, 3), JOB_EVENTS), max_size=40))
+def test_the_active_jobs_are_exactly_those_with_something_left_to_do(steps: list[tuple[int, str]]) -> None:
+    world = World()
+    world.repo("data")
+    world.put("data", "master")
+    world.pipeline(spec())
+    ids = [world.create_jobs()[0].job]
+    for _ in range(3):
+        world.put("data", "master")
+        ids.append(world.create_jobs()[0].job)
+    for n, (which, step) in enumerate(steps):
+        job_id = ids[which]
+        job = world.pps.jobs["count"][job_id]
+        events: list[Event] = {
+            "start": [
+                JobStarted(pipeline="count", job=job_id, started=T0, plan="p", total=2, skipped=0, to_run=2)
+            ],
+            "report": [DatumFinished(pipeline="count", job=job_id, datum=f"d{n % 3}", state="success")],
+            "finish": [JobFinished(pipeline="count", job=job_id, state="success", finished=T0, index="i")],
+            "fail": [JobFinished(pipeline="count", job=job_id, state="killed", finished=T0)],
+            "store": domain.decide_results_stored(
+                job, JobResultsStored(pipeline="count", job=job_id, results=f"results/{n}")
+            ),
+        }[step]
+        world.pps_apply(events)
+    jobs = world.pps.jobs["count"]
+    left = [i for i in ids if not jobs[i].final or (jobs[i].results and not jobs[i].stored)]
+    assert list(world.pps.active["count"]) == left

@@ -281,6 +281,25 @@ class PpsState(msgspec.Struct, kw_only=True):
     pipelines: dict[str, Pipeline] = msgspec.field(default_factory=dict)
     jobs: dict[str, dict[str, Job]] = msgspec.field(default_factory=dict)  # pipeline -> id -> job
     deleted: dict[str, Deleted] = msgspec.field(default_factory=dict)
+    # pipeline -> ids, in order, of the jobs with something left to do: not ended, or ended with
+    # results still to store. The scheduler's pass looks at these, not at every job ever run.
+    active: dict[str, dict[str, None]] = msgspec.field(default_factory=dict)
+
+
+def active_jobs(state: PpsState, pipeline: str) -> Iterator[Job]:
+    jobs = state.jobs.get(pipeline, {})
+    for job_id in state.active.get(pipeline, {}):
+        yield jobs[job_id]
+
+
+def all_active_jobs(state: PpsState) -> Iterator[Job]:
+    for pipeline in state.active:
+        yield from active_jobs(state, pipeline)
+
+
+def _settle(state: PpsState, job: Job) -> None:
+    if job.final and (job.stored or not job.results):
+        state.active.get(job.pipeline, {}).pop(job.id, None)
 
 
 def evolve(state: PpsState, event: PpsEvent) -> PpsState:
@@ -295,6 +314,7 @@ def evolve(state: PpsState, event: PpsEvent) -> PpsState:
                 specs={1: event.spec},
             )
             state.jobs[event.pipeline] = {}
+            state.active[event.pipeline] = {}
             state.deleted.pop(event.pipeline, None)
         case PipelineUpdated():
             pipeline = state.pipelines[event.pipeline]
@@ -308,6 +328,7 @@ def evolve(state: PpsState, event: PpsEvent) -> PpsState:
         case PipelineDeleted():
             state.pipelines.pop(event.pipeline, None)
             state.jobs.pop(event.pipeline, None)
+            state.active.pop(event.pipeline, None)
             state.deleted[event.pipeline] = Deleted(deleted=event.deleted, keep_repo=event.keep_repo)
         case JobCreated():
             if event.pipeline not in state.jobs:
@@ -319,10 +340,12 @@ def evolve(state: PpsState, event: PpsEvent) -> PpsState:
                 inputs=list(event.inputs),
                 created=event.created,
             )
+            state.active.setdefault(event.pipeline, {})[event.job] = None
         case JobResultsStored():
             job = state.jobs.get(event.pipeline, {}).get(event.job)
             if job is not None and job.final and not job.stored:
                 job.stored, job.stored_tally, job.results = event.results, tally_of(job.results.values()), {}
+                _settle(state, job)
         case (
             JobStarted() | JobRebased() | DatumsQueued() | DatumFinished() | DatumsFinished() | JobFinished()
         ):
@@ -330,6 +353,7 @@ def evolve(state: PpsState, event: PpsEvent) -> PpsState:
             if job is None or job.final:
                 return state  # an ended job changes no more (a step decided before it ended)
             _evolve_job(job, event)
+            _settle(state, job)
         case _:
             raise TypeError(f"the scheduler cannot apply {type(event).__name__}")
     return state
@@ -446,8 +470,7 @@ def describe_input(spec_input: Input) -> str:
 
 
 def pipeline_info(state: PpsState, pipeline: Pipeline) -> PipelineInfo:
-    jobs = list(state.jobs.get(pipeline.name, {}).values())
-    last = jobs[-1] if jobs else None
+    last = next(reversed(state.jobs.get(pipeline.name, {}).values()), None)
     return PipelineInfo(
         name=pipeline.name,
         version=pipeline.version,
@@ -537,7 +560,7 @@ def decide_create_pipeline(
 def _kill_unfinished(state: PpsState, pipeline: str, reason: str, now: datetime) -> list[Event]:
     return [
         JobFinished(pipeline=pipeline, job=job.id, state=KILLED, reason=reason, finished=now)
-        for job in state.jobs.get(pipeline, {}).values()
+        for job in active_jobs(state, pipeline)
         if not job.final
     ]
 
@@ -665,7 +688,7 @@ def next_job(state: PpsState, pipeline: str) -> Job | None:
     earlier ones to end: see `running_before`)."""
     if state.pipelines[pipeline].state == PIPELINE_PAUSED:
         return None
-    for job in state.jobs.get(pipeline, {}).values():
+    for job in active_jobs(state, pipeline):
         if not job.final and job.started is None:
             return job
     return None
@@ -676,7 +699,7 @@ def running_before(state: PpsState, pipeline: str, job_id: str) -> Job | None:
     that job does not run too; the others wait, as that job's outcome decides whether they are
     skipped."""
     running = None
-    for job in state.jobs.get(pipeline, {}).values():
+    for job in active_jobs(state, pipeline):
         if job.id == job_id:
             break
         if not job.final:
@@ -687,9 +710,9 @@ def running_before(state: PpsState, pipeline: str, job_id: str) -> Job | None:
 def jobs_to_rebase(state: PpsState) -> Iterator[Job]:
     """Jobs started while an earlier job ran, whose queued datums went out and whose earlier jobs
     have all ended: their waiting datums can now be skipped or run."""
-    for jobs in state.jobs.values():
+    for pipeline in state.active:
         earlier_running = False
-        for job in jobs.values():
+        for job in active_jobs(state, pipeline):
             if not job.final and job.queued and not job.rebased and not earlier_running:
                 yield job
             earlier_running = earlier_running or not job.final
@@ -703,13 +726,13 @@ def queues(job: Job, planned: PlannedDatum) -> bool:
 
 def base_job(state: PpsState, pipeline: str, before: str) -> Job | None:
     """The newest successful job before `before`: skipped datums keep its outputs."""
-    base = None
-    for job in state.jobs.get(pipeline, {}).values():
+    seen_before = False
+    for job in reversed(state.jobs.get(pipeline, {}).values()):  # (the base is most often near)
         if job.id == before:
-            break
-        if job.final == "success" and job.index:
-            base = job
-    return base
+            seen_before = True
+        elif seen_before and job.final == "success" and job.index:
+            return job
+    return None
 
 
 def failure_reason(job: Job) -> str:
@@ -723,10 +746,15 @@ def failure_reason(job: Job) -> str:
 
 
 def jobs_to_finish(state: PpsState) -> Iterator[Job]:
-    for jobs in state.jobs.values():
-        for job in jobs.values():
-            if not job.final and job.queued and job.all_reported:
-                yield job
+    for job in all_active_jobs(state):
+        if not job.final and job.queued and job.all_reported:
+            yield job
+
+
+def jobs_to_queue(state: PpsState) -> Iterator[Job]:
+    for job in all_active_jobs(state):
+        if job.started is not None and not job.queued and not job.final:
+            yield job
 
 
 def unfinished_outputs(state: PpsState, view: FsView) -> Iterator[Job]:
@@ -735,9 +763,10 @@ def unfinished_outputs(state: PpsState, view: FsView) -> Iterator[Job]:
         repo = view.repos.get(name)
         if repo is None:
             continue
-        for job in jobs.values():
-            commit = repo.commits.get(job.id)
-            if job.final in FINAL_STATES and commit is not None and not commit.finished:
+        for commit_id in list(repo.open_outputs):
+            job = jobs.get(commit_id)
+            commit = repo.commits.get(commit_id)
+            if job is not None and job.final in FINAL_STATES and commit is not None and not commit.finished:
                 yield job
 
 
@@ -745,11 +774,11 @@ def timed_out(state: PpsState, now: datetime) -> Iterator[tuple[Job, str]]:
     """Started jobs running longer than their pipeline's `job_timeout`, with the reason to give.
     A job that started while an earlier one ran counts from when every earlier job had ended
     (it could not finish before), as it would have had the jobs run in order."""
-    for name, jobs in state.jobs.items():
+    for name in state.active:
         pipeline = state.pipelines.get(name)
         if pipeline is None:
             continue
-        for job in jobs.values():
+        for job in active_jobs(state, name):
             spec = pipeline.specs.get(job.version)
             since = job.running_since
             if job.final or since is None or spec is None or not spec.job_timeout:
@@ -760,9 +789,9 @@ def timed_out(state: PpsState, now: datetime) -> Iterator[tuple[Job, str]]:
 
 def outdated_jobs(state: PpsState) -> Iterator[Job]:
     """Unfinished jobs of an earlier version than their pipeline's: an update kills them."""
-    for name, jobs in state.jobs.items():
+    for name in state.active:
         pipeline = state.pipelines.get(name)
-        for job in jobs.values():
+        for job in active_jobs(state, name):
             if pipeline is not None and not job.final and job.version < pipeline.version:
                 yield job
 
@@ -774,9 +803,10 @@ def needs_new_output(state: PpsState, view: FsView) -> Iterator[Pipeline]:
     for name, pipeline in state.pipelines.items():
         if pipeline.state == PIPELINE_PAUSED:
             continue
-        jobs = list(state.jobs.get(name, {}).values())
-        updated = pipeline.version > 1 and not any(j.version == pipeline.version for j in jobs)
-        stopped = bool(jobs) and jobs[-1].final == KILLED and jobs[-1].reason == KILLED_BY_STOP
+        # (jobs take their pipeline's version when made: if any has the current one, the newest has)
+        newest = next(reversed(state.jobs.get(name, {}).values()), None)
+        updated = pipeline.version > 1 and (newest is None or newest.version != pipeline.version)
+        stopped = newest is not None and newest.final == KILLED and newest.reason == KILLED_BY_STOP
         if not (updated or stopped):
             continue
         repo = view.repos.get(name)
@@ -879,10 +909,9 @@ def decide_rebased(job: Job, rebased: JobRebased) -> list[Event]:
 
 def results_to_store(state: PpsState) -> Iterator[Job]:
     """Ended jobs whose results are still held in memory."""
-    for jobs in state.jobs.values():
-        for job in jobs.values():
-            if job.final and job.results and not job.stored:
-                yield job
+    for job in all_active_jobs(state):
+        if job.final and job.results and not job.stored:
+            yield job
 
 
 def decide_results_stored(job: Job, stored: JobResultsStored) -> list[Event]:

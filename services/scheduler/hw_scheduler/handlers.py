@@ -400,10 +400,8 @@ class Scheduler:
             waiting = domain.next_job(self.pps.state, name)
             if waiting is not None:
                 await self.guarded(waiting, self.start_job)
-        for jobs in list(self.pps.state.jobs.values()):
-            for job in list(jobs.values()):
-                if job.started is not None and not job.queued and not job.final:
-                    await self.guarded(job, self.queue_job)
+        for job in list(domain.jobs_to_queue(self.pps.state)):
+            await self.guarded(job, self.queue_job)
         for job in list(domain.jobs_to_rebase(self.pps.state)):
             await self.guarded(job, self.rebase_job)
         for job in list(domain.jobs_to_finish(self.pps.state)):
