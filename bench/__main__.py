@@ -10,7 +10,7 @@ import asyncio
 import tempfile
 from pathlib import Path
 
-from bench import cli, files, log, pipelines, triggers
+from bench import cli, files, log, pipelines, replay, triggers
 from bench.report import print_table, progress, write_json
 from tests.infra import nats_server, s3_server
 
@@ -29,6 +29,7 @@ def main() -> None:
         progress(f"nats-server at {server.url}")
         results.append(asyncio.run(log.replay(server.url, n=200_000 // scale, runs=3)))
         results.append(asyncio.run(log.appends(server.url, n=50_000 // scale, runs=3)))
+        results.extend(asyncio.run(replay.restart(server.url, n=1_000_000 // scale, runs=3)))
     results.extend(cli.startup(runs=40 // scale if args.quick else 40))
     results.extend(triggers.latency(commits=100 // scale))
     results.extend(pipelines.run_all(quick=args.quick))

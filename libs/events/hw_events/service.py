@@ -240,10 +240,8 @@ async def serve(
 
     health_sub = await nc.subscribe(subjects.health_subject(spec.name), cb=answer_health)
 
-    for projector in runtime.projectors.values():
-        await projector.start()
     server: CommandServer | None = None
-    if await _caught_up_unless_stopped(runtime, stop):
+    if await _replayed_unless_stopped(runtime, stop):
         server = CommandServer(nc, spec.name, spec.setup(runtime))
         await server.start()
         await nc.flush()  # the server has our subscription before health says ready
@@ -266,12 +264,19 @@ async def serve(
     log.info("service_stopped")
 
 
-async def _caught_up_unless_stopped(runtime: Runtime, stop: asyncio.Event) -> bool:
-    """Wait for every projector to catch up; False if told to stop first (a long replay is cut short)."""
-    timeout = runtime.settings.ready_timeout
-    replayed: asyncio.Future[Any] = asyncio.ensure_future(
-        asyncio.gather(*(p.wait_ready(timeout) for p in runtime.projectors.values()))
-    )
+async def _replayed_unless_stopped(runtime: Runtime, stop: asyncio.Event) -> bool:
+    """Start the projectors one after another, each once the one before caught up; False if told
+    to stop first (a long replay is cut short). Two replays at once on one connection outrun the
+    client: the server drops a connection more than 64 MB behind, and each drop stalls both."""
+    for projector in runtime.projectors.values():
+        await projector.start()
+        if not await _caught_up_unless_stopped(projector, runtime.settings.ready_timeout, stop):
+            return False
+    return True
+
+
+async def _caught_up_unless_stopped(projector: Projector[Any], timeout: float, stop: asyncio.Event) -> bool:
+    replayed: asyncio.Future[Any] = asyncio.ensure_future(projector.wait_ready(timeout))
     stopped: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
     await asyncio.wait({replayed, stopped}, return_when=asyncio.FIRST_COMPLETED)
     if replayed.done():

@@ -2,12 +2,16 @@
 
 A snapshot is stored in the `hw_snapshots` KV bucket under `<stream>.<projection>`. A state too big
 for one NATS message goes into the `hw_snapshot_blobs` object store (chunked), and the KV entry
-points at it. A snapshot is only a cache: when it is missing, unreadable, of another schema, or
-ahead of the stream, the projection replays from the start and nothing is lost.
+points at it. A big snapshot is stored zlib-compressed. A snapshot is only a cache: when it is
+missing, unreadable, of another schema, or ahead of the stream, the projection replays from the
+start and nothing is lost.
 """
 
 from __future__ import annotations
 
+import asyncio
+import io
+import zlib
 from datetime import datetime
 from typing import Any
 
@@ -18,6 +22,8 @@ from hw_events import subjects
 from hw_events.messages import Version
 
 _OBJECT_REF = b"@object:"
+_ZLIB = b"@zlib:"  # (a msgpack snapshot starts with a map byte, never "@")
+COMPRESS_FROM = 64 * 1024  # bytes: a bigger snapshot is stored compressed (zlib, fastest level)
 _HEADROOM = 4096  # bytes of a NATS message left for headers and subject
 
 
@@ -78,6 +84,9 @@ class SnapshotStore:
         return self._obs
 
     async def save(self, key: str, data: bytes) -> None:
+        if len(data) >= COMPRESS_FROM:
+            # A big state compresses ~3x at ~150 MB/s; a restart reads it at 30-45 MB/s.
+            data = _ZLIB + await asyncio.to_thread(zlib.compress, data, 1)
         kv = await self._bucket()
         if len(data) <= self.max_inline:
             await kv.put(key, data)
@@ -87,6 +96,12 @@ class SnapshotStore:
         await kv.put(key, _OBJECT_REF + key.encode())
 
     async def load(self, key: str) -> bytes | None:
+        data = await self._load_stored(key)
+        if data is not None and data.startswith(_ZLIB):
+            return await asyncio.to_thread(zlib.decompress, memoryview(data)[len(_ZLIB) :])
+        return data
+
+    async def _load_stored(self, key: str) -> bytes | None:
         kv = await self._bucket()
         try:
             entry = await kv.get(key)
@@ -95,9 +110,10 @@ class SnapshotStore:
         data: bytes = entry.value or b""
         if data.startswith(_OBJECT_REF):
             obs = await self._objects()
+            into = io.BytesIO()  # (without it the client appends chunk after chunk to one bytes: quadratic)
             try:
-                result = await obs.get(data[len(_OBJECT_REF) :].decode())
+                await obs.get(data[len(_OBJECT_REF) :].decode(), writeinto=into)
             except ObjectNotFoundError:
                 return None
-            return bytes(result.data)
+            return into.getvalue()
         return data
