@@ -10,12 +10,14 @@ start and nothing is lost.
 from __future__ import annotations
 
 import asyncio
-import io
+import base64
+import hashlib
 import zlib
 from datetime import datetime
 from typing import Any
 
 import msgspec
+from nats.js import api
 from nats.js.errors import BucketNotFoundError, NotFoundError, ObjectNotFoundError
 
 from hw_events import subjects
@@ -109,11 +111,36 @@ class SnapshotStore:
             return None
         data: bytes = entry.value or b""
         if data.startswith(_OBJECT_REF):
-            obs = await self._objects()
-            into = io.BytesIO()  # (without it the client appends chunk after chunk to one bytes: quadratic)
             try:
-                await obs.get(data[len(_OBJECT_REF) :].decode(), writeinto=into)
+                return await self._read_object(data[len(_OBJECT_REF) :].decode())
             except ObjectNotFoundError:
                 return None
-            return into.getvalue()
+        return data
+
+    async def _read_object(self, name: str) -> bytes:
+        """An object's bytes, its chunks fetched in batches by a pull consumer: nats-py's
+        `ObjectStore.get` reads them through an ordered push consumer at ~19 MB/s (a restart's
+        snapshot load was most of its time); fetched, 15 MB take ~0.05 s."""
+        obs = await self._objects()
+        info = await obs.get_info(name)  # ObjectNotFoundError when missing
+        if not info.size:
+            return b""
+        sub = await self._js.pull_subscribe(
+            f"$O.{self._objects_name}.C.{info.nuid}",
+            stream=f"OBJ_{self._objects_name}",
+            config=api.ConsumerConfig(ack_policy=api.AckPolicy.NONE, inactive_threshold=30.0),
+        )
+        chunks: list[bytes] = []
+        read = 0
+        try:
+            while read < info.size:
+                for msg in await sub.fetch(batch=256, timeout=5):
+                    chunks.append(msg.data)
+                    read += len(msg.data)
+        finally:
+            await sub.unsubscribe()
+        data = b"".join(chunks)
+        expected = base64.urlsafe_b64decode(info.digest.split("=", 1)[1])  # "SHA-256=<base64>"
+        if read != info.size or hashlib.sha256(data).digest() != expected:
+            raise ValueError(f"snapshot object {name} is damaged (size or digest differs)")
         return data
