@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -48,10 +49,8 @@ async def fill(nc: Any, spec: StreamSpec, n: int) -> None:
             versions[s] = version
 
 
-async def raw_replay(nc: Any, spec: StreamSpec, n: int) -> float:
-    """The baseline: nats-py's ordered consumer, counting messages until the last one."""
-    js = nc.jetstream()
-    done = asyncio.get_running_loop().create_future()
+def count_to(n: int, done: asyncio.Future[None]) -> Callable[[Any], Awaitable[None]]:
+    """A raw subscription's callback that only counts, and sets `done` at the `n`th message."""
     count = 0
 
     async def on_msg(msg: Any) -> None:
@@ -60,8 +59,15 @@ async def raw_replay(nc: Any, spec: StreamSpec, n: int) -> float:
         if count == n and not done.done():
             done.set_result(None)
 
+    return on_msg
+
+
+async def raw_replay(nc: Any, spec: StreamSpec, n: int) -> float:
+    """The baseline: nats-py's ordered consumer, counting messages until the last one."""
+    js = nc.jetstream()
+    done = asyncio.get_running_loop().create_future()
     start = time.perf_counter()
-    sub = await js.subscribe(spec.subjects[0], stream=spec.name, cb=on_msg, ordered_consumer=True)
+    sub = await js.subscribe(spec.subjects[0], stream=spec.name, cb=count_to(n, done), ordered_consumer=True)
     await done
     elapsed = time.perf_counter() - start
     await sub.unsubscribe()

@@ -70,6 +70,7 @@ from typing import Any
 import msgspec
 import nats
 
+from bench.log import count_to
 from bench.report import Result, median_of, print_table, progress
 from hw_events import snapshots, streams, subjects
 from hw_events.fs import (
@@ -236,6 +237,10 @@ class PipelineLife:
             CommitStarted(repo=self.input, commit=commit, branch="master", parent=parent, started=now),
             commit,
         )
+        yield from self._files_and_finish(commit, seconds=1)
+
+    def _files_and_finish(self, commit: str, *, seconds: float) -> Iterator[Item]:
+        """Files put into an open input commit, then the commit finished `seconds` later."""
         layers = []
         for i in range(FILES_PER_COMMIT):
             layer = f"layers/{self._hex()}"
@@ -259,7 +264,7 @@ class PipelineLife:
             CommitFinished(
                 repo=self.input,
                 commit=commit,
-                finished=self._tick(1),
+                finished=self._tick(seconds),
                 size_bytes=INPUT_FILES * 40_000,
                 files=INPUT_FILES,
                 layers=[f"layers/{self._hex()}", *layers],  # compacted older layers, then these
@@ -291,36 +296,7 @@ class PipelineLife:
         )
         yield from self._open_output(commit, commit, BY_UPSTREAM)
         self.input_head = commit
-        layers = []
-        for i in range(FILES_PER_COMMIT):
-            layer = f"layers/{self._hex()}"
-            layers.append(layer)
-            files = self.rng.randint(1, 40)
-            yield (
-                self.fs_input,
-                FilesChanged(
-                    repo=self.input,
-                    commit=commit,
-                    layer=layer,
-                    files=files,
-                    bytes=files * 40_000,
-                    size_bytes=INPUT_FILES * 40_000,
-                    total_files=INPUT_FILES + i,
-                ),
-                self._hex(16),
-            )
-        yield (
-            self.fs_input,
-            CommitFinished(
-                repo=self.input,
-                commit=commit,
-                finished=self._tick(2),
-                size_bytes=INPUT_FILES * 40_000,
-                files=INPUT_FILES,
-                layers=[f"layers/{self._hex()}", *layers],
-            ),
-            self._hex(16),
-        )
+        yield from self._files_and_finish(commit, seconds=2)
         return commit
 
     def _open_output(self, job: str, command: str, reason: str) -> Iterator[Item]:
@@ -603,25 +579,13 @@ async def raw_replay(url: str, counts: Counter[str], errors: Counter[str]) -> fl
     the messages are big: each may have as much in flight as the connection is allowed)."""
     loop = asyncio.get_running_loop()
     connections, waits = [], []
-
-    def counter(n: int, done: asyncio.Future[None]) -> Any:
-        count = 0
-
-        async def on_msg(msg: Any) -> None:
-            nonlocal count
-            count += 1
-            if count == n and not done.done():
-                done.set_result(None)
-
-        return on_msg
-
     for _ in (streams.FS, streams.PPS):
         connections.append(await connect(url, errors))
     start = time.perf_counter()
     for nc, spec in zip(connections, (streams.FS, streams.PPS), strict=True):
         done = loop.create_future()
         waits.append(done)
-        cb = counter(counts[spec.name], done)
+        cb = count_to(counts[spec.name], done)
         await nc.jetstream().subscribe(spec.subjects[0], stream=spec.name, cb=cb, ordered_consumer=True)
     await asyncio.gather(*waits)
     elapsed = time.perf_counter() - start
