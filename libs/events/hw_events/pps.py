@@ -166,13 +166,30 @@ class DatumsFinished(Event, frozen=True, kw_only=True, tag="datums_finished"):
     results: list[DatumFinished]
 
 
+class Tally(msgspec.Struct, kw_only=True):
+    """Totals of a job's datum results."""
+
+    datums: int = 0
+    processed: int = 0
+    failed: int = 0
+    recovered: int = 0
+    download_bytes: int = 0
+    upload_bytes: int = 0
+    restarts: int = 0
+    seconds: float = 0.0
+
+
 class JobResultsStored(Event, frozen=True, kw_only=True, tag="job_results_stored"):
     """An ended job's datum results are in the object store (`results`, a `DatumResults`): the
-    scheduler keeps only their totals in memory, so its state stays small however many jobs ran."""
+    scheduler keeps only their totals in memory, so its state stays small however many jobs ran.
+
+    `tally` carries those totals, so a replay need not decode the results it is about to drop
+    (None in events written before it existed: the totals are then counted from the results)."""
 
     pipeline: str
     job: str
     results: str
+    tally: Tally | None = None
 
 
 class JobFinished(Event, frozen=True, kw_only=True, tag="job_finished"):

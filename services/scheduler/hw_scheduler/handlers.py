@@ -44,6 +44,7 @@ from hw_events.pps import (
     BatchedDatum,
     CreatePipeline,
     DatumBatch,
+    DatumFinished,
     DatumIndex,
     DatumInfo,
     DatumPlan,
@@ -618,7 +619,8 @@ class Scheduler:
         reason = domain.failure_reason(job)
         if not reason:
             try:
-                tree, index_key = await asyncio.to_thread(self._merge, job)
+                # (results read here: the merge runs in a thread, and reading may decode)
+                tree, index_key = await asyncio.to_thread(self._merge, job, dict(job.results))
             except datums.OutputCollision as collision:
                 reason = str(collision)
         if reason:
@@ -643,12 +645,14 @@ class Scheduler:
 
     async def store_results(self, job: Job) -> None:
         """An ended job's results to the object store; the state keeps their totals."""
-        results = DatumResults(list(job.results.values()))
-        key = await asyncio.to_thread(self.blobs.save_results, results)
-        stored = JobResultsStored(pipeline=job.pipeline, job=job.id, results=key)
+        results = list(job.results.values())
+        key = await asyncio.to_thread(self.blobs.save_results, DatumResults(results))
+        stored = JobResultsStored(
+            pipeline=job.pipeline, job=job.id, results=key, tally=domain.tally_of(results)
+        )
         await self._job_event(job, "results", lambda j: domain.decide_results_stored(j, stored))
 
-    def _merge(self, job: Job) -> tuple[list[str], str]:
+    def _merge(self, job: Job, results: dict[str, DatumFinished]) -> tuple[list[str], str]:
         """The job's output tree and its datum index: run datums' outputs, and the base job's for
         skipped ones."""
         plan = self.blobs.plan(job.plan)
@@ -665,7 +669,7 @@ class Scheduler:
                 outputs.append((planned.id, kept.output))
                 index[planned.id] = IndexedDatum(planned.hash, DATUM_SUCCESS, kept.output)
                 continue
-            result = job.results[planned.id]
+            result = results[planned.id]
             output = result.output if result.state == DATUM_SUCCESS else ""
             outputs.append((planned.id, output))
             added.append((planned.id, output))
