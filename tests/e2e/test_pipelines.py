@@ -68,7 +68,7 @@ def jobs(pipeline: str) -> list[dict[str, Any]]:
     return list(reversed(json_lines("list", "job", "-p", pipeline)))
 
 
-def settled_jobs(pipeline: str, count: int) -> list[dict[str, Any]]:
+def settled_jobs(pipeline: str, count: int, timeout: float = 30.0) -> list[dict[str, Any]]:
     """Once the pipeline has `count` jobs and all of them ended."""
     finals = ("success", "failure", "killed")
     return eventually(
@@ -79,6 +79,7 @@ def settled_jobs(pipeline: str, count: int) -> list[dict[str, Any]]:
             and found
         ),
         f"{count} finished jobs of {pipeline}",
+        timeout,
     )
 
 
@@ -488,6 +489,35 @@ def test_a_batch_taken_over_after_a_kill_runs_only_its_unreported_datums(
     assert ran[4] not in reported
     assert ran.count(ran[4]) == 2  # the one the worker died in ran again
     assert len(set(ran)) == 12
+
+
+def test_a_datum_that_kills_its_worker_fails_alone_and_the_rest_of_its_batch_succeeds(
+    headwater: Home, tmp_path: Path
+) -> None:
+    hwctl("create", "repo", "data")
+    for i in range(6):
+        put("data@master", f"/f{i}", f"{i}\n")
+    code = script(
+        tmp_path,
+        "poison.py",
+        """
+        import os, signal
+        (name,) = os.listdir("/pfs/data")
+        if name == "f2":  # kills the worker running it, every time
+            os.kill(int(os.environ["HW_WORKER"].rsplit("-", 1)[1]), signal.SIGKILL)
+        with open(f"/pfs/out/{name}", "w") as out:
+            out.write(open(f"/pfs/data/{name}").read())
+        """,
+    )
+    spec = pipeline_spec(
+        tmp_path, "poison", [PYTHON, code], datum_set_spec={"number": 6}, parallelism_spec={"constant": 2}
+    )  # one batch
+    hwctl("create", "pipeline", "-f", spec)
+    (job,) = settled_jobs("poison", 1, timeout=60)  # (3 deaths, each seen after HW_DATUM_ACK_WAIT)
+    assert (job["state"], job["data_processed"], job["data_failed"]) == ("failure", 5, 1)
+    assert "gave up after 3 attempts" in job["reason"]
+    states = {d["files"][0]: d["state"] for d in json_lines("list", "datum", f"poison@{job['id']}")}
+    assert states == {f"data:/f{i}": "failed" if i == 2 else "success" for i in range(6)}
 
 
 def test_the_queued_datums_of_a_job_killed_by_an_update_do_not_run(headwater: Home, tmp_path: Path) -> None:

@@ -5,7 +5,9 @@ Results are reported in groups (at the end of the batch, or once a second on a l
 task is acked only after the scheduler has recorded all of its datums, so a worker killed at any
 point leaves the task to be delivered again (to itself after a restart, or to another worker).
 Before each batch the worker asks which of its datums need not run (already recorded, or their
-job is over) and runs only the rest; and a datum reported twice is recorded once.
+job is over) and runs only the rest; and a datum reported twice is recorded once. A batch delivered
+again (a worker died or failed in it) goes back to the queue as one task per datum left, so a datum
+that kills its worker fails alone once its own attempts are spent, not with the rest of the batch.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from hw_worker import domain, runner
 from hw_worker.pfs import Scratch, empty_out, sweep_stale
 
 _log_encoder = msgspec.json.Encoder()
+_task_encoder = msgspec.json.Encoder()
 REPORT_EVERY = 1.0  # seconds: on a long batch, results are reported at least this often
 UPLOADS_AHEAD = 2  # datums of a batch uploading while the next one runs, at most
 
@@ -83,6 +86,9 @@ class Worker:
     async def handle(self, task: Task) -> None:
         batch = _batch_of(task)
         datums = await self._unsettled(batch)
+        if task.attempt > 1 and len(datums) > 1:
+            await self._one_by_one(task, batch, datums)
+            return
         reports = _Reports(self, batch)
         # One datum's user code runs at a time; its upload overlaps the next datum (at most
         # UPLOADS_AHEAD of them: each holds a scratch folder).
@@ -127,6 +133,19 @@ class Worker:
         if done:
             self.log.info("datums_need_not_run", job=batch.job, settled=len(done), batch=len(datums))
         return [d for d in datums if d.datum not in done]
+
+    async def _one_by_one(self, task: Task, batch: DatumBatch, datums: list[DatumTask]) -> None:
+        """Queue each datum left in a batch delivered again as a task of its own (this one is then
+        done). Ids from the batch's, so a split done twice (the worker died in it) queues each once."""
+        left = {d.datum for d in datums}
+        prefix = batch.report or f"datums:{batch.pipeline}:{batch.job}"
+        for datum in batch.datums:
+            if datum.datum in left:
+                alone = msgspec.structs.replace(batch, datums=[datum])
+                await self.queue.submit(
+                    task.subject, _task_encoder.encode(alone), msg_id=f"{prefix}:alone:{datum.datum}"
+                )
+        self.log.info("batch_split", job=batch.job, datums=len(left), attempt=task.attempt)
 
     async def given_up(self, task: Task, reason: str) -> None:
         """A task dead-lettered (its workers kept dying): its datums fail, so its job can end."""
