@@ -7,6 +7,7 @@ and write `/pfs/out`, as the seeds' examples do.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import os
@@ -18,8 +19,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import nats
 import pytest
 
+from hw_events import pps
+from hw_events.bus import CommandClient
 from hwctl.home import Home
 from hwctl.processes import pid_runs
 from tests.e2e.cli import HWCTL, error_of, hwctl, json_lines
@@ -513,11 +517,53 @@ def test_a_datum_that_kills_its_worker_fails_alone_and_the_rest_of_its_batch_suc
         tmp_path, "poison", [PYTHON, code], datum_set_spec={"number": 6}, parallelism_spec={"constant": 2}
     )  # one batch
     hwctl("create", "pipeline", "-f", spec)
-    (job,) = settled_jobs("poison", 1, timeout=60)  # (3 deaths, each seen after HW_DATUM_ACK_WAIT)
+    # Each death is seen after HW_DATUM_ACK_WAIT, and the worker comes back after a delay: the
+    # batch dies once, each half holding f2 once, then f2 alone 3 times.
+    (job,) = settled_jobs("poison", 1, timeout=120)
     assert (job["state"], job["data_processed"], job["data_failed"]) == ("failure", 5, 1)
     assert "gave up after 3 attempts" in job["reason"]
     states = {d["files"][0]: d["state"] for d in json_lines("list", "datum", f"poison@{job['id']}")}
     assert states == {f"data:/f{i}": "failed" if i == 2 else "success" for i in range(6)}
+
+
+async def _settled(nats_url: str, query: pps.SettledDatums) -> list[str]:
+    nc = await nats.connect(nats_url)
+    try:
+        return list(await CommandClient(nc).request(pps.SERVICE, query, list[str]) or [])
+    finally:
+        await nc.close()
+
+
+def test_a_batch_queued_for_a_pipeline_since_deleted_runs_nothing_in_one_made_by_its_name(
+    headwater: Home, tmp_path: Path
+) -> None:
+    hwctl("create", "repo", "data")
+    put("data@master", "/a", "a\n")
+    go = tmp_path / "go"
+    code = script(
+        tmp_path,
+        "gate.py",
+        f"""
+        import os, time
+        while not os.path.exists({str(go)!r}):
+            time.sleep(0.05)
+        """,
+    )
+    hwctl("create", "pipeline", "-f", pipeline_spec(tmp_path, "again", [PYTHON, code]))
+    (job,) = eventually(lambda: (found := jobs("again")) and found[0]["state"] == "running" and found, "job")
+    datums = [d["id"] for d in json_lines("list", "datum", f"again@{job['id']}")]
+    runtime = headwater.load()
+    assert runtime is not None
+
+    def settled(created: str) -> list[str]:
+        query = pps.SettledDatums(pipeline="again", job=job["id"], datums=datums, pipeline_created=created)
+        return asyncio.run(_settled(runtime.nats_url, query))
+
+    assert settled("") == []  # (a task that does not say: as queued before tasks said)
+    assert settled("2020-01-01T00:00:00+00:00") == datums  # queued for an older pipeline of the name
+    go.write_text("")
+    (done,) = settled_jobs("again", 1)
+    assert (done["state"], done["data_processed"]) == ("success", 1)  # its own tasks ran
 
 
 def test_the_queued_datums_of_a_job_killed_by_an_update_do_not_run(headwater: Home, tmp_path: Path) -> None:

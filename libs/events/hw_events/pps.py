@@ -278,6 +278,7 @@ class SettledDatums(Query, frozen=True, kw_only=True, tag="settled_datums"):
     pipeline: str
     job: str
     datums: list[str]
+    pipeline_created: str = ""  # the batch's (see `DatumBatch`): all are settled in another pipeline
 
 
 class InspectPipeline(Query, frozen=True, kw_only=True, tag="inspect_pipeline"):
@@ -419,6 +420,9 @@ class DatumBatch(msgspec.Struct, frozen=True, kw_only=True):
     datum_tries: int = 3
     datum_timeout: float = 0.0  # seconds; 0: none
     report: str = ""  # what the ids of this batch's reports are made from: one per batch and job
+    # When the pipeline it was queued for was created: a task that outlived its pipeline (queued
+    # again by a worker after the pipeline was deleted) runs nothing in one made again by its name.
+    pipeline_created: str = ""
 
     def tasks(self) -> list[DatumTask]:
         return [

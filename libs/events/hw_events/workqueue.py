@@ -128,7 +128,7 @@ class WorkQueue:
     """Submits tasks to, and runs handlers over, one durable pull consumer."""
 
     def __init__(self, nc: Any, spec: QueueSpec) -> None:
-        self._on_dead: Callable[[Task, str], Awaitable[None]] | None = None
+        self._on_dead: Callable[[Task, str], Awaitable[bool | None]] | None = None
         self._nc = nc
         self._js = nc.jetstream()
         self.spec = spec
@@ -169,13 +169,15 @@ class WorkQueue:
         stop: asyncio.Event,
         concurrency: int = 1,
         poll: float = 1.0,
-        on_dead: Callable[[Task, str], Awaitable[None]] | None = None,
+        on_dead: Callable[[Task, str], Awaitable[bool | None]] | None = None,
         busy: int = 0,
     ) -> None:
         """Take tasks and run `handler` on up to `concurrency` at once, until `stop` is set.
 
         Tasks already taken are finished before this returns. `on_dead` hears of every task given
-        up (with the reason) before it is dead-lettered, so whoever waits for it can be told.
+        up (with the reason) before it is dead-lettered, so whoever waits for it can be told; if it
+        says True, it handed the work on (queued it again, in other tasks) and the task is acked
+        instead.
         With `busy`, at most that many tasks are taken and not yet past `Task.free_slot()`: a task
         is taken only when there is room to start on it, so none waits here behind a long one
         while another consumer of the queue is idle.
@@ -253,10 +255,14 @@ class WorkQueue:
             if dead is not None:
                 if self._on_dead is not None:
                     try:
-                        await self._on_dead(task, dead)
+                        handed_on = await self._on_dead(task, dead)
                     except Exception as err:  # not told: keep the task, give it up again later
                         log.warning("task_give_up_postponed", error=f"{type(err).__name__}: {err}")
                         await task.nak(self.spec.delay_after(self.spec.max_attempts))
+                        return
+                    if handed_on:
+                        await task.ack()
+                        log.info("task_handed_on", reason=dead)
                         return
                 await task.dead_letter(dead)
                 log.warning("task_dead_lettered", reason=dead)

@@ -291,8 +291,13 @@ class Job(msgspec.Struct, kw_only=True):
 
     @property
     def has_results(self) -> bool:
-        """Whether a result was reported (without decoding any: one that was dropped counts)."""
-        return bool(self.reported or self.unread)
+        """Whether any result is held, decoding nothing unless a datum was dropped (every report
+        holds a result, but maybe only of dropped datums)."""
+        if self.reported:
+            return True
+        if not self.unread:
+            return False
+        return bool(self.results) if self.dropped else True
 
     def record(self, results: Iterable[DatumFinished]) -> None:
         """Add results reported after those already held (read the unread first: the first of a
@@ -304,7 +309,11 @@ class Job(msgspec.Struct, kw_only=True):
     def _read_unread(self) -> None:
         unread, self.unread = self.unread, []
         for data in unread:
-            self._add(_decode_results(data))
+            try:
+                results = _decode_results(data)
+            except (msgspec.ValidationError, msgspec.DecodeError):
+                continue  # not results after all: skipped, as a projector skips a malformed event
+            self._add(results)
 
     def _add(self, results: Iterable[DatumFinished]) -> None:
         for result in results:
@@ -361,14 +370,13 @@ def _job_started(job: Job, event: JobStarted) -> None:
 def _job_rebased(job: Job, event: JobRebased) -> None:
     if job.rebased:
         return
+    results = job.results if event.dropped else {}  # (what is unread first: the dropped go)
     job.plan, job.base, job.skipped, job.to_run = event.plan, event.base, event.skipped, event.to_run
     job.rebased, job.queued = True, False  # the datums that waited are still to queue
     job.running_since = event.rebased
-    if event.dropped:
-        results = job.results  # (what was unread, decoded before the dropped go)
-        job.dropped = set(event.dropped)
-        for datum in event.dropped:
-            results.pop(datum, None)
+    job.dropped = set(event.dropped)
+    for datum in event.dropped:
+        results.pop(datum, None)
 
 
 def _datums_queued(job: Job, event: DatumsQueued) -> None:

@@ -321,6 +321,9 @@ class Scheduler:
         job = self.pps.state.jobs.get(query.pipeline, {}).get(query.job)
         if job is None or job.final:  # (a replayed scheduler knows every job it ever queued)
             return list(query.datums)
+        created = self.pps.state.pipelines[query.pipeline].created.isoformat()
+        if query.pipeline_created and query.pipeline_created != created:
+            return list(query.datums)  # queued for a pipeline deleted since: not this one's work
         return [datum for datum in query.datums if datum in job.results or datum in job.dropped]
 
     async def list_jobs(self, query: ListJobs) -> list[JobInfo]:
@@ -609,6 +612,7 @@ class Scheduler:
                 datum_tries=spec.datum_tries,
                 datum_timeout=timeout,
                 report=step,
+                pipeline_created=self.pps.state.pipelines[job.pipeline].created.isoformat(),
             )
             # (the id holds the pipeline's creation: a pipeline made again may reuse job ids)
             await queue.submit(subject, _encode(task), msg_id=step)

@@ -5,9 +5,13 @@ Results are reported in groups (at the end of the batch, or once a second on a l
 task is acked only after the scheduler has recorded all of its datums, so a worker killed at any
 point leaves the task to be delivered again (to itself after a restart, or to another worker).
 Before each batch the worker asks which of its datums need not run (already recorded, or their
-job is over) and runs only the rest; and a datum reported twice is recorded once. A batch delivered
-again (a worker died or failed in it) goes back to the queue as one task per datum left, so a datum
-that kills its worker fails alone once its own attempts are spent, not with the rest of the batch.
+job is over) and runs only the rest; and a datum reported twice is recorded once.
+
+A batch delivered again (a worker died or failed in it) goes back to the queue in two halves of
+the datums left, and a task delivered again runs alone in its worker (no next task overlaps its
+upload and report). So a datum that kills its worker every time is cut off from the rest, halving
+by halving, and fails alone once its own deliveries are spent; a batch that failed for a passing
+reason (the store down a moment) costs two tasks, not one per datum.
 """
 
 from __future__ import annotations
@@ -87,7 +91,7 @@ class Worker:
         batch = _batch_of(task)
         datums = await self._unsettled(batch)
         if task.attempt > 1 and len(datums) > 1:
-            await self._one_by_one(task, batch, datums)
+            await self._halve(task, batch, datums)
             return
         reports = _Reports(self, batch)
         # One datum's user code runs at a time; its upload overlaps the next datum (at most
@@ -101,7 +105,8 @@ class Worker:
                     reports.take_done(uploading)
                 uploading.append(await self.run_datum(datum))
                 reports.take_done(uploading)
-            task.free_slot()  # the next task may start while these upload and report
+            if task.attempt == 1:  # the next task may start while these upload and report
+                task.free_slot()  # (not beside a task delivered again: it may kill the worker)
             for upload in uploading:
                 reports.add(await upload)
             uploading.clear()
@@ -124,7 +129,12 @@ class Worker:
         """The batch's datums, less those a worker that died already reported and all of them if
         their job is over (one question per batch: cheap, and a killed job's batches cost nothing)."""
         datums = batch.tasks()
-        query = SettledDatums(pipeline=batch.pipeline, job=batch.job, datums=[d.datum for d in datums])
+        query = SettledDatums(
+            pipeline=batch.pipeline,
+            job=batch.job,
+            datums=[d.datum for d in datums],
+            pipeline_created=batch.pipeline_created,
+        )
         try:
             done = set(await self.bus.request(pps.SERVICE, query, list[str]) or [])
         except TransientError as err:  # (the scheduler restarting): run them all; it records each once
@@ -134,29 +144,39 @@ class Worker:
             self.log.info("datums_need_not_run", job=batch.job, settled=len(done), batch=len(datums))
         return [d for d in datums if d.datum not in done]
 
-    async def _one_by_one(self, task: Task, batch: DatumBatch, datums: list[DatumTask]) -> None:
-        """Queue each datum left in a batch delivered again as a task of its own (this one is then
-        done). Ids from the batch's, so a split done twice (the worker died in it) queues each once."""
+    async def _halve(self, task: Task, batch: DatumBatch, datums: list[DatumTask]) -> None:
+        """Queue the datums left in a batch delivered again as two batches (this one is then done).
+        Ids from the batch's and the halves' datums, so halving again (the worker died in it)
+        queues each half once."""
         left = {d.datum for d in datums}
+        kept = [d for d in batch.datums if d.datum in left]
         prefix = batch.report or f"datums:{batch.pipeline}:{batch.job}"
-        for datum in batch.datums:
-            if datum.datum in left:
-                alone = msgspec.structs.replace(batch, datums=[datum])
-                await self.queue.submit(
-                    task.subject, _task_encoder.encode(alone), msg_id=f"{prefix}:alone:{datum.datum}"
-                )
-        self.log.info("batch_split", job=batch.job, datums=len(left), attempt=task.attempt)
+        middle = len(kept) // 2
+        for half in (kept[:middle], kept[middle:]):
+            await self.queue.submit(
+                task.subject,
+                _task_encoder.encode(msgspec.structs.replace(batch, datums=half)),
+                msg_id=f"{prefix}:half:{half[0].datum}:{len(half)}",
+            )
+        self.log.info("batch_halved", job=batch.job, datums=len(kept), attempt=task.attempt)
 
-    async def given_up(self, task: Task, reason: str) -> None:
-        """A task dead-lettered (its workers kept dying): its datums fail, so its job can end."""
+    async def given_up(self, task: Task, reason: str) -> bool:
+        """A task given up (its workers kept dying). A batch of several datums is halved instead
+        (True: the queue acks it); the datum of a batch of one fails, so its job can end."""
         try:
             batch = _batch_of(task)
         except UserError:
-            return
+            return False
+        if len(batch.datums) > 1:
+            datums = await self._unsettled(batch)
+            if len(datums) > 1:
+                await self._halve(task, batch, datums)
+                return True
         reports = _Reports(self, batch)
         for datum in batch.tasks():  # (those already recorded keep their result)
             reports.add(self.result(datum, pps.DATUM_FAILED, reason=reason, attempts=task.attempt))
         await reports.send()
+        return False
 
     def result(self, task: DatumTask, state: str, **fields: Any) -> DatumFinished:
         return DatumFinished(
