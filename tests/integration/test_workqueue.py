@@ -105,6 +105,34 @@ async def test_a_task_that_keeps_failing_ends_in_the_dead_letters(nc: Any, queue
     assert await remaining(nc, queue) == 0
 
 
+async def test_a_task_given_up_and_handed_on_is_acked_not_dead_lettered(nc: Any, queue: WorkQueue) -> None:
+    await queue.submit(task_subject(queue, "whole"), b"two parts")
+    done = asyncio.Event()
+    handed: list[str] = []
+
+    async def handle(task: Task) -> None:
+        if task.subject.endswith("part"):
+            done.set()
+            return
+        raise RuntimeError("too big at once")
+
+    async def hand_on(task: Task, reason: str) -> bool:
+        handed.append(reason)
+        await queue.submit(task_subject(queue, "part"), b"one part")
+        return True
+
+    stop = asyncio.Event()
+    runner = asyncio.create_task(queue.run(handle, stop=stop, poll=0.1, on_dead=hand_on))
+    try:
+        await asyncio.wait_for(done.wait(), 15)
+    finally:
+        stop.set()
+        await runner
+    assert handed == ["failed 3 times; last error: RuntimeError: too big at once"]
+    assert await dead_letters(nc, queue.spec.subject) == []
+    assert await remaining(nc, queue) == 0
+
+
 async def test_a_rejected_task_is_dead_lettered_at_once(nc: Any, queue: WorkQueue) -> None:
     await queue.submit(task_subject(queue), b"bad")
     attempts: list[int] = []
