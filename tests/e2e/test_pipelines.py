@@ -652,6 +652,48 @@ def test_a_job_runs_what_is_new_while_the_job_before_it_still_runs(headwater: Ho
     assert [j["id"] for j in done] == [first["id"], second_id, third_id, fourth_id]
 
 
+def test_datums_that_waited_for_an_earlier_job_run_before_datums_a_later_job_queued_at_once(
+    headwater: Home, tmp_path: Path
+) -> None:
+    hwctl("create", "repo", "data")
+    runs, go = tmp_path / "runs", tmp_path / "go"
+    code = script(
+        tmp_path,
+        "order.py",
+        f"""
+        import os, sys, time
+        (name,) = os.listdir("/pfs/data")
+        job = os.environ["HW_JOB_ID"]
+        with open({str(runs)!r}, "a") as runs:
+            runs.write(name + " " + job + "\\n")
+        first_job = open({str(runs)!r}).read().split()[1]
+        if name == "a" and job == first_job:  # job 1 holds the one worker, then fails on /a
+            while not os.path.exists({str(go)!r}):
+                time.sleep(0.05)
+            sys.exit(1)
+        if name == "c":
+            time.sleep(1)  # (job 1 has ended, and job 2 queued what waited, before this is done)
+        open(f"/pfs/out/{{name}}", "w").write(name)
+        """,
+    )
+    put("data@master", "/a", "a")
+    put("data@master", "/b", "b")
+    hwctl("create", "pipeline", "-f", pipeline_spec(tmp_path, "order", [PYTHON, code], datum_tries=1))
+    eventually(lambda: runs.exists() and runs.read_text(), "job 1 running /a")
+    # Job 2 queues its new /c at once; /a and /b wait for job 1. So does job 3 with /d.
+    second = put("data@master", "/c", "c")
+    eventually(lambda: [j["state"] for j in jobs("order")] == ["running"] * 2, "job 2 running")
+    third = put("data@master", "/d", "d")
+    eventually(lambda: [j["state"] for j in jobs("order")] == ["running"] * 3, "job 3 running")
+    go.write_text("")
+    done = settled_jobs("order", 3)
+    assert [j["state"] for j in done] == ["failure", "success", "success"]
+    ran = [tuple(line.split()) for line in runs.read_text().splitlines()]
+    # Job 1 failed: job 2 runs /a and /b after all, and they go before job 3's /d, queued earlier.
+    assert ran.index(("d", third)) > max(ran.index(("a", second)), ran.index(("b", second)))
+    assert files("order@master") == {"/a": "a", "/b": "b", "/c": "c", "/d": "d"}
+
+
 def test_a_stopped_pipeline_runs_nothing_until_started_then_catches_up(
     headwater: Home, tmp_path: Path
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
@@ -131,6 +132,35 @@ async def test_a_task_given_up_and_handed_on_is_acked_not_dead_lettered(nc: Any,
     assert handed == ["failed 3 times; last error: RuntimeError: too big at once"]
     assert await dead_letters(nc, queue.spec.subject) == []
     assert await remaining(nc, queue) == 0
+
+
+async def test_tasks_of_the_queue_ahead_are_taken_first(nc: Any, queue: WorkQueue, unique: str) -> None:
+    first = WorkQueue(
+        nc, dataclasses.replace(queue.spec, subject=f"hw.task.f{unique}.>", durable=f"first-{unique}")
+    )
+    await first.ensure()
+    for name in ("a1", "a2", "a3"):
+        await queue.submit(task_subject(queue, name), name.encode())
+    await first.submit(f"hw.task.f{unique}.b1", b"b1")
+    seen: list[bytes] = []
+    done = asyncio.Event()
+
+    async def handle(task: Task) -> None:
+        seen.append(task.data)
+        if task.data == b"a1":  # queued while a1 runs: taken before a2 and a3
+            await first.submit(f"hw.task.f{unique}.b2", b"b2")
+        if len(seen) == 5:
+            done.set()
+
+    stop = asyncio.Event()
+    runner = asyncio.create_task(queue.run(handle, stop=stop, poll=0.1, busy=1, ahead=first))
+    try:
+        await asyncio.wait_for(done.wait(), 15)
+    finally:
+        stop.set()
+        await runner
+    assert seen == [b"b1", b"a1", b"b2", b"a2", b"a3"]
+    assert await remaining(nc, queue) == await remaining(nc, first) == 0
 
 
 async def test_a_rejected_task_is_dead_lettered_at_once(nc: Any, queue: WorkQueue) -> None:

@@ -41,6 +41,7 @@ DEAD_CONSUMER = "Hw-Dead-Consumer"
 DEAD_SUBJECT = "Hw-Dead-Subject"
 
 _CONSUMER_EXISTS = 10148
+AHEAD_WAIT = 0.2  # seconds to wait for a task of the queue ahead, which said it has some
 
 
 @dataclass(frozen=True)
@@ -171,6 +172,7 @@ class WorkQueue:
         poll: float = 1.0,
         on_dead: Callable[[Task, str], Awaitable[bool | None]] | None = None,
         busy: int = 0,
+        ahead: WorkQueue | None = None,
     ) -> None:
         """Take tasks and run `handler` on up to `concurrency` at once, until `stop` is set.
 
@@ -180,11 +182,17 @@ class WorkQueue:
         instead.
         With `busy`, at most that many tasks are taken and not yet past `Task.free_slot()`: a task
         is taken only when there is room to start on it, so none waits here behind a long one
-        while another consumer of the queue is idle.
+        while another consumer of the queue is idle. With `ahead` (a queue of the same kind of
+        task, with the same settings), its tasks are taken before this queue's whenever it has any.
         """
         self._on_dead = on_dead
         slots = asyncio.Semaphore(busy) if busy else None
         psub = await self._js.pull_subscribe_bind(self.spec.durable, stream=self.spec.stream.name)
+        first = (
+            await self._js.pull_subscribe_bind(ahead.spec.durable, stream=ahead.spec.stream.name)
+            if ahead is not None
+            else None
+        )
         running: set[asyncio.Task[None]] = set()
         try:
             while not stop.is_set():
@@ -196,10 +204,7 @@ class WorkQueue:
                     if not await _acquire(slots, stop):
                         break
                     free = 1
-                try:
-                    msgs = await psub.fetch(free, timeout=poll)
-                except nats.errors.TimeoutError:
-                    msgs = []
+                msgs = await _take(psub, free, poll, ahead=(ahead, first))
                 if slots is not None and not msgs:
                     slots.release()
                 for msg in msgs:
@@ -214,8 +219,18 @@ class WorkQueue:
         finally:
             if running:
                 await asyncio.wait(running)
-            with contextlib.suppress(Exception):
-                await psub.unsubscribe()
+            for sub in (psub, first):
+                if sub is not None:
+                    with contextlib.suppress(Exception):
+                        await sub.unsubscribe()
+
+    async def waiting(self) -> bool:
+        """Whether tasks wait in this queue for someone to take them (one request to the server)."""
+        try:
+            info = await self._js.consumer_info(self.spec.stream.name, self.spec.durable)
+        except nats.errors.Error:  # (away for a moment, or not made yet): as if none
+            return False
+        return bool(info.num_pending)
 
     async def _process(self, task: Task, handler: Callable[[Task], Awaitable[None]]) -> None:
         log = self._log.bind(subject=task.subject, seq=task.seq, attempt=task.attempt)
@@ -300,6 +315,21 @@ class WorkQueue:
             }
         )
         await self._js.publish(subjects.dead_letter_subject(task.subject), task.data, headers=headers)
+
+
+async def _take(psub: Any, count: int, poll: float, *, ahead: tuple[WorkQueue | None, Any]) -> list[Any]:
+    """Up to `count` tasks, from the queue ahead if it has any, else from `psub` (none after `poll`)."""
+    queue, first = ahead
+    if queue is not None and first is not None and await queue.waiting():
+        with contextlib.suppress(nats.errors.TimeoutError):  # (another taker was quicker)
+            msgs: list[Any] = await first.fetch(count, timeout=min(poll, AHEAD_WAIT))
+            if msgs:
+                return msgs
+    try:
+        msgs = await psub.fetch(count, timeout=poll)
+    except nats.errors.TimeoutError:
+        return []
+    return msgs
 
 
 async def _acquire(slots: asyncio.Semaphore, stop: asyncio.Event) -> bool:

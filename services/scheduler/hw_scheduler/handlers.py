@@ -222,8 +222,9 @@ class Scheduler:
         )
         await self.finish_failed_outputs()
         # Its queued datums go now, before a pipeline made again under the name could take them.
-        with contextlib.suppress(NotFoundError):
-            await self.rt.js.purge_stream(streams.TASKS.name, subject=datum_queue.datum_subject(name))
+        for queue in datum_queue.queues_of(name):
+            with contextlib.suppress(NotFoundError):
+                await self.rt.js.purge_stream(streams.TASKS.name, subject=queue.subject)
         await self.rt.execute(
             self.pps,
             subjects.pipeline_events(name),
@@ -567,7 +568,9 @@ class Scheduler:
             i: list(self.fs.state.repos[given.repo].commits[given.commit].layers)
             for i, given in enumerate(job.inputs)
         }
-        subject = datum_queue.datum_subject(job.pipeline)
+        # The datums that waited for an earlier job go first: queued behind those later jobs queued
+        # at once, the oldest job (that every later one waits for) would finish last.
+        subject = datum_queue.datum_subject(job.pipeline, first=job.queues_waiting)
         queue = WorkQueue(self.rt.nc, datum_queue.queue_for(job.pipeline))
         # The batches come from the plan alone, so queueing again after a crash makes the same
         # batches, and the queue's de-duplication (by batch id) drops the repeats.

@@ -68,6 +68,7 @@ class Worker:
         self.stopping = stopping
         self.instance = f"{socket.gethostname()}-{os.getpid()}"
         self.queue = WorkQueue(nc, datum_queue.queue_for(pipeline))
+        self.first = WorkQueue(nc, datum_queue.queue_for(pipeline, first=True))  # taken before
         scratch = os.environ.get("HW_WORKER_SCRATCH") or os.path.join(tempfile.gettempdir(), "hw-worker")
         sweep_stale(scratch)  # what workers killed mid-datum left behind
         self.scratch = Scratch(open_store(), os.path.join(scratch, str(os.getpid())))
@@ -82,9 +83,15 @@ class Worker:
 
     async def run(self) -> None:
         await self.queue.ensure()
+        await self.first.ensure()
         self.log.info("worker_taking_datums", concurrency=self.concurrency)
         await self.queue.run(
-            self.handle, stop=self.stopping, concurrency=self.concurrency, on_dead=self.given_up, busy=1
+            self.handle,
+            stop=self.stopping,
+            concurrency=self.concurrency,
+            on_dead=self.given_up,
+            busy=1,
+            ahead=self.first,
         )
 
     async def handle(self, task: Task) -> None:

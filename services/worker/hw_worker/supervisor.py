@@ -107,13 +107,15 @@ class Supervisor:
         """A deleted pipeline's consumer and queued tasks go (a pipeline made again is new)."""
         if pipeline in self.pools.state.workers:
             return
-        await self._forget_consumer(datum_queue.queue_for(pipeline).durable)
+        for queue in datum_queue.queues_of(pipeline):
+            await self._forget_consumer(queue.durable)
         await self._purge(pipeline)
         self.cleared.add(pipeline)
 
     async def _purge(self, pipeline: str) -> None:
-        with contextlib.suppress(NotFoundError):
-            await self.rt.js.purge_stream(streams.TASKS.name, subject=datum_queue.datum_subject(pipeline))
+        for queue in datum_queue.queues_of(pipeline):
+            with contextlib.suppress(NotFoundError):
+                await self.rt.js.purge_stream(streams.TASKS.name, subject=queue.subject)
 
     async def _forget_consumer(self, durable: str) -> None:
         with contextlib.suppress(NotFoundError):
