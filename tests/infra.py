@@ -63,7 +63,7 @@ def nats_server(workdir: Path, mode: str = "local") -> Iterator[NatsServer]:
             monitor = f"http://{host}:{container.get_exposed_port(8222)}"
             yield NatsServer(container.nats_uri(), monitor, "")
         return
-    port, monitor = processes.free_port(), processes.free_port()
+    port, monitor = processes.free_ports(2)
     store = workdir / "jetstream"
     store.mkdir(parents=True, exist_ok=True)
     conf = workdir / "nats.conf"
@@ -121,7 +121,7 @@ def s3_server(workdir: Path, mode: str = "local") -> Iterator[S3Endpoint]:
     # Pin every port: weed derives gRPC ports as HTTP+10000 (overflowing for high random ports)
     # and defaults some catalogs to fixed ports that collide with a second weed.
     names = ("master", "mgrpc", "volume", "vgrpc", "filer", "fgrpc", "s3", "s3grpc")
-    ports = {name: processes.free_port() for name in names}
+    ports = dict(zip(names, processes.free_ports(len(names)), strict=True))
     (workdir / "weed").mkdir(parents=True, exist_ok=True)
     argv = [
         processes.find_binary("weed"),

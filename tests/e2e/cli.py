@@ -45,19 +45,19 @@ def error_of(*args: str) -> tuple[int, str]:
     return result.returncode, result.stderr.strip()
 
 
-def stored_events(nats_url: str, subject: str) -> list[dict[str, Any]]:
-    """The envelopes stored on `subject` of HW_FS, read by a process of its own (as a user would)."""
+def stored_events(nats_url: str, subject: str, stream: str = "HW_FS") -> list[dict[str, Any]]:
+    """The envelopes stored on `subject` of `stream`, read by a process of its own (as a user would)."""
     script = (
         "import asyncio, nats, sys\n"
         "from hw_events.store import read_messages\n"
         "async def main():\n"
         "    nc = await nats.connect(sys.argv[1])\n"
-        "    for m in await read_messages(nc.jetstream(), 'HW_FS', sys.argv[2]):\n"
+        "    for m in await read_messages(nc.jetstream(), sys.argv[3], sys.argv[2]):\n"
         "        print(m.data.decode())\n"
         "    await nc.close()\n"
         "asyncio.run(main())\n"
     )
     result = subprocess.run(
-        [sys.executable, "-c", script, nats_url, subject], capture_output=True, text=True, check=True
+        [sys.executable, "-c", script, nats_url, subject, stream], capture_output=True, text=True, check=True
     )
     return [json.loads(line) for line in result.stdout.splitlines()]

@@ -26,7 +26,7 @@ from hw_events import pps
 from hw_events.bus import CommandClient
 from hwctl.home import Home
 from hwctl.processes import pid_runs
-from tests.e2e.cli import HWCTL, error_of, hwctl, json_lines
+from tests.e2e.cli import HWCTL, error_of, hwctl, json_lines, stored_events
 
 PYTHON = "python3"
 
@@ -518,7 +518,7 @@ def test_a_datum_that_kills_its_worker_fails_alone_and_the_rest_of_its_batch_suc
     )  # one batch
     hwctl("create", "pipeline", "-f", spec)
     # Each death is seen after HW_DATUM_ACK_WAIT, and the worker comes back after a delay: the
-    # batch dies once, each half holding f2 once, then f2 alone 3 times.
+    # batch dies once (and is split, one datum a part), then f2 alone 3 times.
     (job,) = settled_jobs("poison", 1, timeout=120)
     assert (job["state"], job["data_processed"], job["data_failed"]) == ("failure", 5, 1)
     assert "gave up after 3 attempts" in job["reason"]
@@ -656,7 +656,7 @@ def test_datums_that_waited_for_an_earlier_job_run_before_datums_a_later_job_que
     headwater: Home, tmp_path: Path
 ) -> None:
     hwctl("create", "repo", "data")
-    runs, go = tmp_path / "runs", tmp_path / "go"
+    runs, go, go2 = tmp_path / "runs", tmp_path / "go", tmp_path / "go2"
     code = script(
         tmp_path,
         "order.py",
@@ -671,8 +671,8 @@ def test_datums_that_waited_for_an_earlier_job_run_before_datums_a_later_job_que
             while not os.path.exists({str(go)!r}):
                 time.sleep(0.05)
             sys.exit(1)
-        if name == "c":
-            time.sleep(1)  # (job 1 has ended, and job 2 queued what waited, before this is done)
+        while name == "c" and not os.path.exists({str(go2)!r}):  # until job 2 queued what waited
+            time.sleep(0.05)
         open(f"/pfs/out/{{name}}", "w").write(name)
         """,
     )
@@ -686,6 +686,15 @@ def test_datums_that_waited_for_an_earlier_job_run_before_datums_a_later_job_que
     third = put("data@master", "/d", "d")
     eventually(lambda: [j["state"] for j in jobs("order")] == ["running"] * 3, "job 3 running")
     go.write_text("")
+    runtime = headwater.load()
+    assert runtime is not None
+
+    def queued(job: str) -> int:
+        events = stored_events(runtime.nats_url, "hw.pps.evt.job.order", "HW_PPS")
+        return sum(e["event"]["type"] == "datums_queued" and e["event"]["job"] == job for e in events)
+
+    eventually(lambda: queued(second) == 2, "job 2 queueing what waited, once job 1 ended")
+    go2.write_text("")
     done = settled_jobs("order", 3)
     assert [j["state"] for j in done] == ["failure", "success", "success"]
     ran = [tuple(line.split()) for line in runs.read_text().splitlines()]

@@ -163,6 +163,37 @@ async def test_tasks_of_the_queue_ahead_are_taken_first(nc: Any, queue: WorkQueu
     assert await remaining(nc, queue) == await remaining(nc, first) == 0
 
 
+async def test_a_task_of_the_queue_ahead_due_again_is_taken_again(
+    nc: Any, queue: WorkQueue, unique: str
+) -> None:
+    first = WorkQueue(
+        nc, dataclasses.replace(queue.spec, subject=f"hw.task.f{unique}.>", durable=f"first-{unique}")
+    )
+    await first.ensure()
+    await first.submit(f"hw.task.f{unique}.b1", b"b1")
+    taken = await first.take_now()
+    assert taken is not None
+    assert taken.data == b"b1"
+    assert await first.take_now() is None  # (answered at once: none ready)
+    await taken.nak()  # (as a worker whose handler failed; one that died leaves it to ack_wait)
+    seen: list[tuple[bytes, int]] = []
+    done = asyncio.Event()
+
+    async def handle(task: Task) -> None:
+        seen.append((task.data, task.attempt))
+        done.set()
+
+    stop = asyncio.Event()
+    runner = asyncio.create_task(queue.run(handle, stop=stop, poll=0.1, busy=1, ahead=first))
+    try:
+        await asyncio.wait_for(done.wait(), 15)
+    finally:
+        stop.set()
+        await runner
+    assert seen == [(b"b1", 2)]
+    assert await remaining(nc, first) == 0
+
+
 async def test_a_rejected_task_is_dead_lettered_at_once(nc: Any, queue: WorkQueue) -> None:
     await queue.submit(task_subject(queue), b"bad")
     attempts: list[int] = []

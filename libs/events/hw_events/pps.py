@@ -268,6 +268,7 @@ class RecordDatums(Command, frozen=True, kw_only=True, tag="record_datums"):
     pipeline: str
     job: str
     results: list[DatumFinished]
+    pipeline_created: str = ""  # the batch's (see `DatumBatch`): refused for another pipeline
 
 
 class SettledDatums(Query, frozen=True, kw_only=True, tag="settled_datums"):

@@ -41,7 +41,8 @@ DEAD_CONSUMER = "Hw-Dead-Consumer"
 DEAD_SUBJECT = "Hw-Dead-Subject"
 
 _CONSUMER_EXISTS = 10148
-AHEAD_WAIT = 0.2  # seconds to wait for a task of the queue ahead, which said it has some
+AHEAD_WAIT = 2.0  # seconds for the server to answer a `take_now` (it answers at once, task or not)
+_TAKE_NOW = b'{"batch":1,"no_wait":true}'
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,7 @@ class WorkQueue:
 
     def __init__(self, nc: Any, spec: QueueSpec) -> None:
         self._on_dead: Callable[[Task, str], Awaitable[bool | None]] | None = None
+        self._inbox: Any = None  # where the server answers `take_now`
         self._nc = nc
         self._js = nc.jetstream()
         self.spec = spec
@@ -188,11 +190,6 @@ class WorkQueue:
         self._on_dead = on_dead
         slots = asyncio.Semaphore(busy) if busy else None
         psub = await self._js.pull_subscribe_bind(self.spec.durable, stream=self.spec.stream.name)
-        first = (
-            await self._js.pull_subscribe_bind(ahead.spec.durable, stream=ahead.spec.stream.name)
-            if ahead is not None
-            else None
-        )
         running: set[asyncio.Task[None]] = set()
         try:
             while not stop.is_set():
@@ -204,7 +201,7 @@ class WorkQueue:
                     if not await _acquire(slots, stop):
                         break
                     free = 1
-                msgs = await _take(psub, free, poll, ahead=(ahead, first))
+                msgs = await _take(psub, free, poll, ahead=ahead)
                 if slots is not None and not msgs:
                     slots.release()
                 for msg in msgs:
@@ -219,18 +216,37 @@ class WorkQueue:
         finally:
             if running:
                 await asyncio.wait(running)
-            for sub in (psub, first):
-                if sub is not None:
-                    with contextlib.suppress(Exception):
-                        await sub.unsubscribe()
+            with contextlib.suppress(Exception):
+                await psub.unsubscribe()
+            if ahead is not None:
+                await ahead.stop_taking_now()
 
-    async def waiting(self) -> bool:
-        """Whether tasks wait in this queue for someone to take them (one request to the server)."""
+    async def take_now(self) -> Any | None:
+        """One task ready to be taken (new, or due again: nak'd, or its worker died), or None at
+        once if there is none. Counts from `consumer_info` miss the tasks due again, and nats-py's
+        fetch of one waits for one to come; so this sends JetStream's pull request itself (the
+        documented `CONSUMER.MSG.NEXT` API, as nats-py does inside its fetch) with `no_wait`,
+        which the server answers at once: a task, or a 404 status."""
+        if self._inbox is None:
+            self._inbox = await self._nc.subscribe(self._nc.new_inbox())
+        inbox = self._inbox
+        while inbox.pending_msgs:  # an answer that came after its request was given up on
+            msg = await inbox.next_msg(timeout=AHEAD_WAIT)
+            if not _status(msg):
+                return msg
+        subject = f"{api.DEFAULT_PREFIX}.CONSUMER.MSG.NEXT.{self.spec.stream.name}.{self.spec.durable}"
+        await self._nc.publish(subject, _TAKE_NOW, reply=inbox.subject)
         try:
-            info = await self._js.consumer_info(self.spec.stream.name, self.spec.durable)
-        except nats.errors.Error:  # (away for a moment, or not made yet): as if none
-            return False
-        return bool(info.num_pending)
+            msg = await inbox.next_msg(timeout=AHEAD_WAIT)
+        except nats.errors.TimeoutError:
+            return None
+        return None if _status(msg) else msg
+
+    async def stop_taking_now(self) -> None:
+        if self._inbox is not None:
+            inbox, self._inbox = self._inbox, None
+            with contextlib.suppress(Exception):
+                await inbox.unsubscribe()
 
     async def _process(self, task: Task, handler: Callable[[Task], Awaitable[None]]) -> None:
         log = self._log.bind(subject=task.subject, seq=task.seq, attempt=task.attempt)
@@ -317,16 +333,20 @@ class WorkQueue:
         await self._js.publish(subjects.dead_letter_subject(task.subject), task.data, headers=headers)
 
 
-async def _take(psub: Any, count: int, poll: float, *, ahead: tuple[WorkQueue | None, Any]) -> list[Any]:
-    """Up to `count` tasks, from the queue ahead if it has any, else from `psub` (none after `poll`)."""
-    queue, first = ahead
-    if queue is not None and first is not None and await queue.waiting():
-        with contextlib.suppress(nats.errors.TimeoutError):  # (another taker was quicker)
-            msgs: list[Any] = await first.fetch(count, timeout=min(poll, AHEAD_WAIT))
-            if msgs:
-                return msgs
+def _status(msg: Any) -> str:
+    """A JetStream status answer's code (404: no task; 408: request expired), "" for a task."""
+    return str(msg.headers.get(api.Header.STATUS, "")) if msg.headers else ""
+
+
+async def _take(psub: Any, count: int, poll: float, *, ahead: WorkQueue | None) -> list[Any]:
+    """Up to `count` tasks: one from the queue ahead if it has one ready, else from `psub` (none
+    after `poll`)."""
+    if ahead is not None:
+        msg = await ahead.take_now()
+        if msg is not None:
+            return [msg]
     try:
-        msgs = await psub.fetch(count, timeout=poll)
+        msgs: list[Any] = await psub.fetch(count, timeout=poll)
     except nats.errors.TimeoutError:
         return []
     return msgs

@@ -146,7 +146,7 @@ def _ensure_nats(home: Home, runtime: Runtime | None, options: UpOptions, say: S
         if old and old.monitor_port and not processes.port_open("127.0.0.1", old.monitor_port)
         else 0
     )
-    monitor = monitor or processes.free_port()
+    monitor = monitor or next(p for p in processes.free_ports(2) if p != port)  # (not NATS's)
     if processes.port_open("127.0.0.1", port):
         raise UserError(f"port {port} is taken; choose another with --nats-port")
     proc = start_nats(home, port=port, monitor_port=monitor)

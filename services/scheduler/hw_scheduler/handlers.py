@@ -305,6 +305,8 @@ class Scheduler:
         job = self.pps.state.jobs.get(command.pipeline, {}).get(command.job)
         if job is None or job.final:
             return  # the job is over (killed, deleted): the report changes nothing
+        if not self._same_pipeline(command.pipeline, command.pipeline_created):
+            return  # run for a pipeline deleted since, with its transform: not this one's result
         if job.plan:
             planned = await asyncio.to_thread(self.blobs.plan_ids, job.plan)
             strangers = [r.datum for r in command.results if r.datum not in planned]
@@ -322,10 +324,14 @@ class Scheduler:
         job = self.pps.state.jobs.get(query.pipeline, {}).get(query.job)
         if job is None or job.final:  # (a replayed scheduler knows every job it ever queued)
             return list(query.datums)
-        created = self.pps.state.pipelines[query.pipeline].created.isoformat()
-        if query.pipeline_created and query.pipeline_created != created:
+        if not self._same_pipeline(query.pipeline, query.pipeline_created):
             return list(query.datums)  # queued for a pipeline deleted since: not this one's work
         return [datum for datum in query.datums if datum in job.results or datum in job.dropped]
+
+    def _same_pipeline(self, name: str, created: str) -> bool:
+        """Whether a task that says when its pipeline was created is of the pipeline now so named
+        (one that does not say was queued before tasks said: taken as the same)."""
+        return not created or created == self.pps.state.pipelines[name].created.isoformat()
 
     async def list_jobs(self, query: ListJobs) -> list[JobInfo]:
         jobs = domain.list_jobs(self.pps.state, query.pipeline, query.input_commit)

@@ -7,11 +7,11 @@ point leaves the task to be delivered again (to itself after a restart, or to an
 Before each batch the worker asks which of its datums need not run (already recorded, or their
 job is over) and runs only the rest; and a datum reported twice is recorded once.
 
-A batch delivered again (a worker died or failed in it) goes back to the queue in two halves of
-the datums left, and a task delivered again runs alone in its worker (no next task overlaps its
-upload and report). So a datum that kills its worker every time is cut off from the rest, halving
-by halving, and fails alone once its own deliveries are spent; a batch that failed for a passing
-reason (the store down a moment) costs two tasks, not one per datum.
+A batch delivered again (a worker died or failed in it) goes back to the queue as up to
+`SPLIT_INTO` batches of the datums left, and a task delivered again runs alone in its worker (no
+next task overlaps its upload and report). So a datum that kills its worker every time is cut
+off from the rest in a round or two and fails alone once its own deliveries are spent; a batch
+that failed for a passing reason (the store down a moment) costs a few tasks, not one per datum.
 """
 
 from __future__ import annotations
@@ -48,6 +48,9 @@ from hw_worker.pfs import Scratch, empty_out, sweep_stale
 _log_encoder = msgspec.json.Encoder()
 _task_encoder = msgspec.json.Encoder()
 REPORT_EVERY = 1.0  # seconds: on a long batch, results are reported at least this often
+# A batch delivered again is split into this many (so a datum that kills its worker is cut off
+# from the rest in two rounds of 64, and a batch that failed for a passing reason costs 8 tasks).
+SPLIT_INTO = 8
 UPLOADS_AHEAD = 2  # datums of a batch uploading while the next one runs, at most
 
 
@@ -98,7 +101,7 @@ class Worker:
         batch = _batch_of(task)
         datums = await self._unsettled(batch)
         if task.attempt > 1 and len(datums) > 1:
-            await self._halve(task, batch, datums)
+            await self._split(task, batch, datums)
             return
         reports = _Reports(self, batch)
         # One datum's user code runs at a time; its upload overlaps the next datum (at most
@@ -151,24 +154,25 @@ class Worker:
             self.log.info("datums_need_not_run", job=batch.job, settled=len(done), batch=len(datums))
         return [d for d in datums if d.datum not in done]
 
-    async def _halve(self, task: Task, batch: DatumBatch, datums: list[DatumTask]) -> None:
-        """Queue the datums left in a batch delivered again as two batches (this one is then done).
-        Ids from the batch's and the halves' datums, so halving again (the worker died in it)
-        queues each half once."""
+    async def _split(self, task: Task, batch: DatumBatch, datums: list[DatumTask]) -> None:
+        """Queue the datums left in a batch delivered again as up to `SPLIT_INTO` batches (this one
+        is then done). Ids from the batch's and each part's datums, so splitting again (the worker
+        died in it) queues each part once, and a part dropped as a repeat is one queued before."""
         left = {d.datum for d in datums}
         kept = [d for d in batch.datums if d.datum in left]
         prefix = batch.report or f"datums:{batch.pipeline}:{batch.job}"
-        middle = len(kept) // 2
-        for half in (kept[:middle], kept[middle:]):
+        size = -(-len(kept) // SPLIT_INTO)
+        for start in range(0, len(kept), size):
+            part = kept[start : start + size]
             await self.queue.submit(
                 task.subject,
-                _task_encoder.encode(msgspec.structs.replace(batch, datums=half)),
-                msg_id=f"{prefix}:half:{half[0].datum}:{len(half)}",
+                _task_encoder.encode(msgspec.structs.replace(batch, datums=part)),
+                msg_id=commit_id_for(f"{prefix}:part:" + ",".join(d.datum for d in part)),
             )
-        self.log.info("batch_halved", job=batch.job, datums=len(kept), attempt=task.attempt)
+        self.log.info("batch_split", job=batch.job, datums=len(kept), attempt=task.attempt)
 
     async def given_up(self, task: Task, reason: str) -> bool:
-        """A task given up (its workers kept dying). A batch of several datums is halved instead
+        """A task given up (its workers kept dying). A batch of several datums is split instead
         (True: the queue acks it); the datum of a batch of one fails, so its job can end."""
         try:
             batch = _batch_of(task)
@@ -177,7 +181,7 @@ class Worker:
         if len(batch.datums) > 1:
             datums = await self._unsettled(batch)
             if len(datums) > 1:
-                await self._halve(task, batch, datums)
+                await self._split(task, batch, datums)
                 return True
         reports = _Reports(self, batch)
         for datum in batch.tasks():  # (those already recorded keep their result)
@@ -291,10 +295,16 @@ class Worker:
         return say
 
     async def report(self, batch: DatumBatch, results: list[DatumFinished]) -> None:
-        # The id comes from the batch and which of its datums this report holds, so a report sent
-        # again (after a lost reply) is recorded once.
-        key = f"{batch.report or f'datums:{batch.pipeline}:{batch.job}'}:{results[0].datum}:{len(results)}"
-        command = RecordDatums(id=commit_id_for(key), pipeline=batch.pipeline, job=batch.job, results=results)
+        # The id comes from the batch and the datums this report holds, so a report sent again
+        # (after a lost reply) is recorded once, and no other report is taken for it.
+        prefix = batch.report or f"datums:{batch.pipeline}:{batch.job}"
+        command = RecordDatums(
+            id=commit_id_for(f"{prefix}:" + ",".join(r.datum for r in results)),
+            pipeline=batch.pipeline,
+            job=batch.job,
+            results=results,
+            pipeline_created=batch.pipeline_created,
+        )
         pause = 0.2
         while True:  # the work is done: wait for the scheduler as long as it takes, not redo it
             try:
