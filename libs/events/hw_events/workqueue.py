@@ -131,7 +131,6 @@ class WorkQueue:
 
     def __init__(self, nc: Any, spec: QueueSpec) -> None:
         self._on_dead: Callable[[Task, str], Awaitable[bool | None]] | None = None
-        self._inbox: Any = None  # where the server answers `take_now`
         self._nc = nc
         self._js = nc.jetstream()
         self.spec = spec
@@ -218,33 +217,25 @@ class WorkQueue:
                 await asyncio.wait(running)
             with contextlib.suppress(Exception):
                 await psub.unsubscribe()
-            if ahead is not None:
-                await ahead.stop_taking_now()
 
     async def take_now(self) -> Any | None:
         """One task ready to be taken (new, or due again: nak'd, or its worker died), or None at
         once if there is none. Counts from `consumer_info` miss the tasks due again, and nats-py's
         fetch of one waits for one to come; so this sends JetStream's pull request itself (the
         documented `CONSUMER.MSG.NEXT` API, as nats-py does inside its fetch) with `no_wait`,
-        which the server answers at once: a task, or a 404 status."""
-        if self._inbox is None:
-            self._inbox = await self._nc.subscribe(self._nc.new_inbox())
-        inbox = self._inbox
-        while inbox.pending_msgs:  # an answer that came after its request was given up on
-            msg = await inbox.next_msg(timeout=AHEAD_WAIT)
-            if not _status(msg):
-                return msg
-        subject = f"{api.DEFAULT_PREFIX}.CONSUMER.MSG.NEXT.{self.spec.stream.name}.{self.spec.durable}"
-        await self._nc.publish(subject, _TAKE_NOW, reply=inbox.subject)
+        which the server answers at once: a task, or a 404 status. The answer comes to an inbox of
+        this call's own: one that comes too late goes nowhere, and its task is delivered again
+        after `ack_wait`, rather than run later from a stale copy."""
+        inbox = await self._nc.subscribe(self._nc.new_inbox())
         try:
-            msg = await inbox.next_msg(timeout=AHEAD_WAIT)
-        except nats.errors.TimeoutError:
-            return None
-        return None if _status(msg) else msg
-
-    async def stop_taking_now(self) -> None:
-        if self._inbox is not None:
-            inbox, self._inbox = self._inbox, None
+            subject = f"{api.DEFAULT_PREFIX}.CONSUMER.MSG.NEXT.{self.spec.stream.name}.{self.spec.durable}"
+            await self._nc.publish(subject, _TAKE_NOW, reply=inbox.subject)
+            try:
+                msg = await inbox.next_msg(timeout=AHEAD_WAIT)
+            except nats.errors.TimeoutError:
+                return None
+            return None if _status(msg) else msg
+        finally:
             with contextlib.suppress(Exception):
                 await inbox.unsubscribe()
 

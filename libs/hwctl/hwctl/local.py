@@ -140,13 +140,16 @@ def _ensure_nats(home: Home, runtime: Runtime | None, options: UpOptions, say: S
     port = options.nats_port or (
         old.nats_port if old and not processes.port_open("127.0.0.1", old.nats_port) else 0
     )
-    port = port or processes.free_port()
     monitor = options.monitor_port or (
         old.monitor_port
         if old and old.monitor_port and not processes.port_open("127.0.0.1", old.monitor_port)
         else 0
     )
-    monitor = monitor or next(p for p in processes.free_ports(2) if p != port)  # (not NATS's)
+    # Those still to pick are picked together, and apart from one already chosen.
+    spare = iter(p for p in processes.free_ports(3) if p not in (port, monitor))
+    port, monitor = port or next(spare), monitor or next(spare)
+    if port == monitor:
+        raise UserError(f"the NATS port and the monitoring port are both {port}; choose two")
     if processes.port_open("127.0.0.1", port):
         raise UserError(f"port {port} is taken; choose another with --nats-port")
     proc = start_nats(home, port=port, monitor_port=monitor)

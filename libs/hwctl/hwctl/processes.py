@@ -18,13 +18,6 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on right now (the OS picks it)."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     """`count` different ports nothing listens on right now: each is held until all are picked
     (asked for one by one, the OS may hand out the same free port twice)."""
