@@ -226,18 +226,20 @@ class WorkQueue:
         which the server answers at once: a task, or a 404 status. The answer comes to an inbox of
         this call's own: one that comes too late goes nowhere, and its task is delivered again
         after `ack_wait`, rather than run later from a stale copy."""
-        inbox = await self._nc.subscribe(self._nc.new_inbox())
+        subject = f"{api.DEFAULT_PREFIX}.CONSUMER.MSG.NEXT.{self.spec.stream.name}.{self.spec.durable}"
         try:
-            subject = f"{api.DEFAULT_PREFIX}.CONSUMER.MSG.NEXT.{self.spec.stream.name}.{self.spec.durable}"
+            inbox = await self._nc.subscribe(self._nc.new_inbox())
+        except nats.errors.Error:  # (NATS away a moment: the other queue's fetch meets it too)
+            return None
+        try:
             await self._nc.publish(subject, _TAKE_NOW, reply=inbox.subject)
-            try:
-                msg = await inbox.next_msg(timeout=AHEAD_WAIT)
-            except nats.errors.TimeoutError:
-                return None
-            return None if _status(msg) else msg
+            msg = await inbox.next_msg(timeout=AHEAD_WAIT)
+        except nats.errors.Error:  # (no answer in time, or NATS away)
+            return None
         finally:
             with contextlib.suppress(Exception):
                 await inbox.unsubscribe()
+        return None if _status(msg) else msg
 
     async def _process(self, task: Task, handler: Callable[[Task], Awaitable[None]]) -> None:
         log = self._log.bind(subject=task.subject, seq=task.seq, attempt=task.attempt)

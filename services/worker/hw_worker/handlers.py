@@ -160,7 +160,7 @@ class Worker:
         died in it) queues each part once, and a part dropped as a repeat is one queued before."""
         left = {d.datum for d in datums}
         kept = [d for d in batch.datums if d.datum in left]
-        prefix = batch.report or f"datums:{batch.pipeline}:{batch.job}"
+        prefix = _ids_from(batch)
         size = -(-len(kept) // SPLIT_INTO)
         for start in range(0, len(kept), size):
             part = kept[start : start + size]
@@ -297,7 +297,7 @@ class Worker:
     async def report(self, batch: DatumBatch, results: list[DatumFinished]) -> None:
         # The id comes from the batch and the datums this report holds, so a report sent again
         # (after a lost reply) is recorded once, and no other report is taken for it.
-        prefix = batch.report or f"datums:{batch.pipeline}:{batch.job}"
+        prefix = _ids_from(batch)
         command = RecordDatums(
             id=commit_id_for(f"{prefix}:" + ",".join(r.datum for r in results)),
             pipeline=batch.pipeline,
@@ -366,6 +366,11 @@ async def _stopped(flusher: asyncio.Task[None]) -> None:
     flusher.cancel()
     with contextlib.suppress(asyncio.CancelledError, Exception):
         await flusher
+
+
+def _ids_from(batch: DatumBatch) -> str:
+    """What the ids of a batch's reports and parts are made from (one per batch and job)."""
+    return batch.report or f"datums:{batch.pipeline}:{batch.job}"
 
 
 def _batch_of(task: Task) -> DatumBatch:
