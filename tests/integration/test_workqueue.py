@@ -33,15 +33,25 @@ async def queue(nc: Any, unique: str) -> WorkQueue:
     return wq
 
 
+async def queue_ahead_of(nc: Any, queue: WorkQueue, unique: str) -> WorkQueue:
+    """A queue of the same settings whose tasks `queue.run(ahead=)` takes first (`hw.task.f<unique>.>`)."""
+    first = WorkQueue(
+        nc, dataclasses.replace(queue.spec, subject=f"hw.task.f{unique}.>", durable=f"first-{unique}")
+    )
+    await first.ensure()
+    return first
+
+
 def task_subject(queue: WorkQueue, key: str = "x") -> str:
     return queue.spec.subject.replace(">", key)
 
 
 async def run_until(
-    queue: WorkQueue, handler: Callable[[Task], Awaitable[None]], done: asyncio.Event
+    queue: WorkQueue, handler: Callable[[Task], Awaitable[None]], done: asyncio.Event, **options: Any
 ) -> None:
+    """Run the queue (with `options` for `WorkQueue.run`) until `done` is set."""
     stop = asyncio.Event()
-    runner = asyncio.create_task(queue.run(handler, stop=stop, poll=0.1))
+    runner = asyncio.create_task(queue.run(handler, stop=stop, poll=0.1, **options))
     try:
         await asyncio.wait_for(done.wait(), 15)
     finally:
@@ -122,23 +132,14 @@ async def test_a_task_given_up_and_handed_on_is_acked_not_dead_lettered(nc: Any,
         await queue.submit(task_subject(queue, "part"), b"one part")
         return True
 
-    stop = asyncio.Event()
-    runner = asyncio.create_task(queue.run(handle, stop=stop, poll=0.1, on_dead=hand_on))
-    try:
-        await asyncio.wait_for(done.wait(), 15)
-    finally:
-        stop.set()
-        await runner
+    await run_until(queue, handle, done, on_dead=hand_on)
     assert handed == ["failed 3 times; last error: RuntimeError: too big at once"]
     assert await dead_letters(nc, queue.spec.subject) == []
     assert await remaining(nc, queue) == 0
 
 
 async def test_tasks_of_the_queue_ahead_are_taken_first(nc: Any, queue: WorkQueue, unique: str) -> None:
-    first = WorkQueue(
-        nc, dataclasses.replace(queue.spec, subject=f"hw.task.f{unique}.>", durable=f"first-{unique}")
-    )
-    await first.ensure()
+    first = await queue_ahead_of(nc, queue, unique)
     for name in ("a1", "a2", "a3"):
         await queue.submit(task_subject(queue, name), name.encode())
     await first.submit(f"hw.task.f{unique}.b1", b"b1")
@@ -152,13 +153,7 @@ async def test_tasks_of_the_queue_ahead_are_taken_first(nc: Any, queue: WorkQueu
         if len(seen) == 5:
             done.set()
 
-    stop = asyncio.Event()
-    runner = asyncio.create_task(queue.run(handle, stop=stop, poll=0.1, busy=1, ahead=first))
-    try:
-        await asyncio.wait_for(done.wait(), 15)
-    finally:
-        stop.set()
-        await runner
+    await run_until(queue, handle, done, busy=1, ahead=first)
     assert seen == [b"b1", b"a1", b"b2", b"a2", b"a3"]
     assert await remaining(nc, queue) == await remaining(nc, first) == 0
 
@@ -166,10 +161,7 @@ async def test_tasks_of_the_queue_ahead_are_taken_first(nc: Any, queue: WorkQueu
 async def test_a_task_of_the_queue_ahead_due_again_is_taken_again(
     nc: Any, queue: WorkQueue, unique: str
 ) -> None:
-    first = WorkQueue(
-        nc, dataclasses.replace(queue.spec, subject=f"hw.task.f{unique}.>", durable=f"first-{unique}")
-    )
-    await first.ensure()
+    first = await queue_ahead_of(nc, queue, unique)
     await first.submit(f"hw.task.f{unique}.b1", b"b1")
     taken = await first.take_now()
     assert taken is not None
@@ -183,13 +175,7 @@ async def test_a_task_of_the_queue_ahead_due_again_is_taken_again(
         seen.append((task.data, task.attempt))
         done.set()
 
-    stop = asyncio.Event()
-    runner = asyncio.create_task(queue.run(handle, stop=stop, poll=0.1, busy=1, ahead=first))
-    try:
-        await asyncio.wait_for(done.wait(), 15)
-    finally:
-        stop.set()
-        await runner
+    await run_until(queue, handle, done, busy=1, ahead=first)
     assert seen == [(b"b1", 2)]
     assert await remaining(nc, first) == 0
 
