@@ -8,6 +8,8 @@ from hw_events.messages import Command, Event
 
 
 class Deposited(Event, frozen=True, kw_only=True, tag="test_deposited"):
+    about = ("account",)
+
     account: str
     amount: int
 

@@ -42,6 +42,24 @@ async def test_two_concurrent_appends_at_the_same_version_exactly_one_lands(
     assert [e.envelope.version for e in events] == [1, 2]
 
 
+async def test_a_stored_event_of_a_type_naming_what_it_is_about_says_so_in_a_header(
+    nc: Any, event_stream: StreamSpec
+) -> None:
+    """Every way of appending sets it, and only for such types (`Deposited` names its account)."""
+    store = EventStore(nc)
+    acct = subject(event_stream, "dora")
+    await store.append(acct, [Deposited(account="dora", amount=1)], expected=None)
+    await store.append(
+        acct, [Withdrawn(account="dora", amount=1), Deposited(account="dora", amount=2)], expected=None
+    )
+    await store.append_many([Append(acct, [Deposited(account="dora", amount=3)], None)])
+    js = nc.jetstream()
+    last = (await js.stream_info(event_stream.name)).state.last_seq
+    headers = [(await js.get_msg(event_stream.name, seq)).headers or {} for seq in range(last - 3, last + 1)]
+    dora = "test_deposited dora"
+    assert [h.get("Hw-Event") for h in headers] == [dora, None, dora, dora]
+
+
 async def test_creating_an_aggregate_twice_conflicts(nc: Any, event_stream: StreamSpec) -> None:
     store = EventStore(nc)
     acct = subject(event_stream, "bob")

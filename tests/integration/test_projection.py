@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from hw_events import streams
 from hw_events.errors import ServiceUnavailable
-from hw_events.messages import Version
+from hw_events.messages import Envelope, Version, utcnow
 from hw_events.projection import Projection, Projector
 from hw_events.snapshots import SnapshotStore
 from hw_events.store import Append, EventStore
@@ -111,6 +111,78 @@ async def test_malformed_messages_are_skipped_and_the_rest_applied(nc: Any, even
     assert projector.state.accounts == {"a": 3}
     assert projector.skipped == 2
     await projector.stop(snapshot=False)
+
+
+class _Deposit(msgspec.Struct):
+    amount: int
+
+
+class _StoredDeposit(msgspec.Struct):
+    event: _Deposit
+
+
+async def test_a_replay_folds_by_header_what_is_older_than_the_commands_it_remembers(
+    nc: Any, event_stream: StreamSpec
+) -> None:
+    """Deposits are folded from their `Hw-Event` header and body, undecoded by the projector, except
+    the newest (whose commands it must remember), a message written without the header, and what
+    comes live. The state is the same as a replay that decodes every message."""
+    folded: list[str] = []
+
+    def deposit_by_header(state: Balances, about: str, body: bytes) -> Balances:
+        folded.append(about)
+        amount = msgspec.json.decode(body, type=_StoredDeposit).event.amount
+        return evolve(state, Deposited(account=about, amount=amount))
+
+    by_header = Projection(
+        name="balances",
+        schema="balances-1",
+        state_type=Balances,
+        initial=Balances,
+        evolve=evolve,
+        event_types=(Deposited, Withdrawn),
+        header_folds={"test_deposited": deposit_by_header},
+    )
+    store = EventStore(nc)
+    for n in range(1, 9):
+        event = Deposited(account="a" if n % 2 else "b", amount=n)
+        await store.append(subject(event_stream, event.account), [event], expected=None, command_id=f"c{n}")
+    await store.append(subject(event_stream, "a"), [Withdrawn(account="a", amount=1)], expected=None)
+    # As a version before the header wrote it: decoded, whatever the type.
+    old = Envelope(id="o", aggregate="a", version=0, time=utcnow(), event=Deposited(account="a", amount=100))
+    await nc.jetstream().publish(subject(event_stream, "a"), msgspec.json.encode(old))
+    for n in range(9, 12):
+        event = Deposited(account="c", amount=n)
+        await store.append(subject(event_stream, "c"), [event], expected=None, command_id=f"c{n}")
+
+    projector = await caught_up(Projector(nc, event_stream, by_header, remember_commands=3))
+    assert folded == ["a", "b", "a", "b", "a", "b", "a", "b"]  # the first eight: none of the last three
+    assert [projector.seen(f"c{n}") is not None for n in (8, 9, 10, 11)] == [False, True, True, True]
+    decoding = await caught_up(Projector(nc, event_stream, BALANCES))
+    assert projector.state.accounts == decoding.state.accounts == {"a": 115, "b": 20, "c": 30}
+    assert projector.state.applied == decoding.state.applied == 13
+    assert projector.positions == decoding.positions
+    live = await store.append(subject(event_stream, "d"), [Deposited(account="d", amount=1)], expected=None)
+    await projector.wait_for(live.seq)
+    assert (projector.state.accounts["d"], len(folded)) == (1, 8)  # live: decoded
+    for p in (projector, decoding):
+        await p.stop(snapshot=False)
+
+
+async def test_a_projection_cannot_fold_by_header_a_type_it_does_not_read(
+    nc: Any, event_stream: StreamSpec
+) -> None:
+    stray = Projection(
+        name="balances",
+        schema="balances-1",
+        state_type=Balances,
+        initial=Balances,
+        evolve=evolve,
+        event_types=(Withdrawn,),
+        header_folds={"test_deposited": lambda state, about, body: state},
+    )
+    with pytest.raises(TypeError, match=r"\['test_deposited'\] by header, not among its event types"):
+        Projector(nc, event_stream, stray)
 
 
 async def test_restart_from_a_snapshot_reads_only_the_tail(

@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools
 import operator
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import pytest
@@ -23,7 +23,7 @@ from hw_events.fs import (
     RepoCreated,
     RepoDeleted,
 )
-from hw_events.messages import Event
+from hw_events.messages import Envelope, Event, header_of
 from hw_events.pipeline_spec import PipelineSpec, parse_pipeline_spec
 from hw_events.pps import (
     FAILURE,
@@ -47,6 +47,8 @@ from hw_scheduler import domain
 from hw_scheduler.domain import FsView, PpsState
 from tests.unit.fs_events import T0, at, cid
 
+S = TypeVar("S")
+
 
 def as_read(projection: Projection[Any], event: Event) -> Any:
     """The event as `projection`'s projector reads it off the log: its JSON decoded as one of the
@@ -58,27 +60,39 @@ def as_read(projection: Projection[Any], event: Event) -> Any:
         return None
 
 
+def replayed(projection: Projection[S], state: S, event: Event, *, by_header: bool) -> S:
+    """`state` with `event` folded in as a projector reads it off the log: decoded from its JSON
+    (skipped if not one of the projection's types) or, `by_header` (as a replay reads all but the
+    newest events), given as stored to the projection's fold for its `Hw-Event` header, if any."""
+    tag, _, about = header_of(event).partition(" ")
+    fold = projection.header_folds.get(tag) if by_header else None
+    if fold is not None:
+        stored = Envelope(id="e", aggregate="a", version=1, time=T0, command="c", event=event)
+        return fold(state, about, msgspec.json.encode(stored))
+    read = as_read(projection, event)
+    return state if read is None else projection.evolve(state, read)
+
+
 class World:
     """fs state, the scheduler's view of it, and the scheduler's own state, moved together. The
-    scheduler's projections get each event as they read it off the log."""
+    scheduler's projections get each event as they read it off the log: decoded, or `by_header`."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, by_header: bool = False) -> None:
         self.fs = FsState()
         self.view = FsView()
         self.pps = PpsState()
         self.n = 0
+        self.by_header = by_header
 
     def fs_apply(self, writes: dict[str, list[Event]]) -> None:
         for events in writes.values():
             for event in events:
                 fs_domain.evolve(self.fs, event)  # type: ignore[arg-type]
-                read = as_read(domain.FS_VIEW, event)
-                if read is not None:
-                    domain.evolve_fs(self.view, read)
+                self.view = replayed(domain.FS_VIEW, self.view, event, by_header=self.by_header)
 
     def pps_apply(self, events: list[Event] | dict[str, list[Event]]) -> None:
         for event in events if isinstance(events, list) else [e for es in events.values() for e in es]:
-            domain.evolve(self.pps, as_read(domain.PPS, event))
+            self.pps = replayed(domain.PPS, self.pps, event, by_header=self.by_header)
 
     def repo(self, name: str) -> None:
         self.fs_apply({name: fs_domain.decide_create_repo(self.fs, CreateRepo(repo=name), T0)})
@@ -132,13 +146,13 @@ def spec(name: str = "count", repo: str = "data", branch: str = "master", **more
     )
 
 
-@pytest.fixture
-def world() -> World:
-    return a_world()
+@pytest.fixture(params=[False, True], ids=["decoded", "by-header"])
+def world(request: pytest.FixtureRequest) -> World:
+    return a_world(by_header=request.param)
 
 
-def a_world() -> World:
-    w = World()
+def a_world(*, by_header: bool = False) -> World:
+    w = World(by_header=by_header)
     w.repo("data")
     w.put("data", "master")
     return w
@@ -475,6 +489,8 @@ def test_a_report_that_is_not_results_is_skipped_and_loses_no_other(world: World
     job_id = _running_job(world, after="earlier")
     bad = domain.DatumsReported(pipeline="count", job=job_id, results=msgspec.Raw(b'[{"datum": 7}]'))
     domain.evolve(world.pps, bad)
+    for body in (b"not json", b'{"event": {"results": [{"datum": 7}]}}', b'{"event": {}}'):
+        domain.report_by_header(world.pps, f"count {job_id}", body)  # (its header said it was one)
     world.pps_apply([DatumsFinished(pipeline="count", job=job_id, results=[_result(job_id, "a")])])
     world.pps_apply([JobRebased(pipeline="count", job=job_id, rebased=T0, plan="p2", skipped=0, to_run=1)])
     job = world.pps.jobs["count"][job_id]
@@ -498,10 +514,10 @@ REPORT_STEPS = st.lists(
 def test_reports_read_lazily_hold_what_reading_each_at_once_gives(steps: list[tuple[str, list[str]]]) -> None:
     """The first result of each datum, in the order reported, none of a dropped one, same totals,
     and the same job state and work left, whenever the lazy side happens to decode."""
-    eager, lazy = a_world(), a_world()
-    job_ids = [_running_job(w, after="earlier") for w in (eager, lazy)]
-    assert job_ids[0] == job_ids[1]
-    job_id = job_ids[0]
+    eager, lazy, by_header = a_world(), a_world(), a_world(by_header=True)
+    job_ids = {_running_job(w, after="earlier") for w in (eager, lazy, by_header)}
+    assert len(job_ids) == 1
+    job_id = job_ids.pop()
 
     def seen(world: World) -> tuple[object, ...]:
         job = world.pps.jobs["count"][job_id]
@@ -531,14 +547,18 @@ def test_reports_read_lazily_hold_what_reading_each_at_once_gives(steps: list[tu
         elif kind == "store":  # (as written before events carried the totals)
             event = JobResultsStored(pipeline="count", job=job_id, results=f"results/{n}")
         else:
-            lazy.pps.jobs["count"][job_id].results  # noqa: B018 - a read, as the scheduler's pass makes
+            for world in (lazy, by_header):
+                world.pps.jobs["count"][job_id].results  # noqa: B018 - a read, as the scheduler's pass makes
         if event is not None:
             domain.evolve(eager.pps, event)  # type: ignore[arg-type]  # (decoded at once, as built)
             lazy.pps_apply([event])
-        assert seen(lazy) == seen(eager)
-    first, second = eager.pps.jobs["count"][job_id], lazy.pps.jobs["count"][job_id]
-    assert list(second.results.items()) == list(first.results.items())
-    assert second.tally == first.tally
+            by_header.pps_apply([event])
+        assert seen(lazy) == seen(by_header) == seen(eager)
+    first = eager.pps.jobs["count"][job_id]
+    for world in (lazy, by_header):
+        other = world.pps.jobs["count"][job_id]
+        assert list(other.results.items()) == list(first.results.items())
+        assert other.tally == first.tally
 
 
 def test_what_create_update_and_delete_refuse(world: World) -> None:

@@ -159,7 +159,12 @@ class DatumFinished(Event, frozen=True, kw_only=True, tag="datum_finished"):
 
 class DatumsFinished(Event, frozen=True, kw_only=True, tag="datums_finished"):
     """Datums of one job reported together (a worker reports a batch of datums at once): one event
-    instead of one per datum. Results already recorded are left out."""
+    instead of one per datum. Results already recorded are left out.
+
+    The most numerous and largest events of a long-lived log: its header names the job, so the
+    scheduler's replay keeps its body unread until the job's results are needed."""
+
+    about = ("pipeline", "job")
 
     pipeline: str
     job: str

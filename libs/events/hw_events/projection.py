@@ -23,8 +23,8 @@ import functools
 import math
 import operator
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import msgspec
@@ -33,7 +33,7 @@ from nats.js import api
 from hw_events import observability, snapshots
 from hw_events.errors import ServiceUnavailable
 from hw_events.health import ReplayProgress
-from hw_events.messages import Event, EventTypeHeader, Version, tag_of, utcnow
+from hw_events.messages import EVENT_HEADER, Event, EventTypeHeader, Version, tag_of, utcnow
 from hw_events.snapshots import SnapshotStore
 from hw_events.store import EventStore
 from hw_events.streams import StreamSpec
@@ -49,6 +49,13 @@ class Projection(Generic[S]):
 
     `schema` names the shape of the state; change it when an old snapshot can no longer be read
     as the new state, and the next start replays from the beginning.
+
+    `header_folds` (type tag -> fold) lets replay skip decoding the commonest or largest events:
+    a message whose `Hw-Event` header names such a type goes to `fold(state, about, body)`, `about`
+    being the header's values after the tag (see `messages.header_of`) and `body` the stored
+    envelope's JSON. The fold must leave the state as `evolve` would with the decoded event. Only
+    messages older than the commands a projector remembers go there (those it must know the
+    command of are decoded), and so do messages without the header, written before it existed.
     """
 
     name: str
@@ -57,6 +64,7 @@ class Projection(Generic[S]):
     initial: Callable[[], S]
     evolve: Callable[[S, Any], S]
     event_types: tuple[type[Event], ...] = ()
+    header_folds: Mapping[str, Callable[[S, str, bytes], S]] = field(default_factory=dict)
 
 
 def _fold_nothing(state: S, event: Any) -> S:
@@ -147,6 +155,10 @@ class Projector(Generic[S]):
             self._decode = None
         self._evolve = projection.evolve
         self._event_tags = sorted(tag_of(t) for t in projection.event_types)
+        unknown = set(projection.header_folds) - set(self._event_tags)
+        if unknown:  # a snapshot records the types it was built from: folds must be among them
+            raise TypeError(f"{projection.name} folds {sorted(unknown)} by header, not among its event types")
+        self._header_folds = projection.header_folds
         self._caught_up = False  # mirrors _ready, cheaper to test once per message
         self._tail_tokens = 0  # how many trailing tokens of a reply to split (0: not known yet)
         self._state_decoder = msgspec.msgpack.Decoder(projection.state_type)
@@ -218,7 +230,7 @@ class Projector(Generic[S]):
 
     # --- reading the stream ------------------------------------------------------------------------
 
-    async def _on_message(self, msg: Any) -> None:  # noqa: PLR0912 - the replay hot path, in one piece
+    async def _on_message(self, msg: Any) -> None:  # noqa: PLR0912, PLR0915 - the replay hot path, in one piece
         """Fold one stored message into the state: the hot path of replay, kept in one function."""
         if self._tail_tokens:  # parse_ack_reply, inlined: only the tail of the reply is split
             tail = msg.reply.rsplit(".", self._tail_tokens)
@@ -237,7 +249,20 @@ class Projector(Generic[S]):
         position = self.positions.get(subject)
         self.positions[subject] = (seq, position[1] + 1 if position else 1)
         decode = self._decode
-        if decode is None:  # knows no event types yet: nothing to fold
+        fold = None
+        if self._header_folds and seq <= self._remember_from and msg.headers:
+            described = msg.headers.get(EVENT_HEADER)
+            if described:
+                tag, _, about = described.partition(" ")
+                fold = self._header_folds.get(tag)
+        if fold is not None:
+            command = ""  # older than the commands remembered
+            try:
+                self.state = fold(self.state, about, msg.data)
+            except Exception:
+                self.skipped += 1
+                self._log.exception("fold_failed", seq=seq, subject=subject)
+        elif decode is None:  # knows no event types yet: nothing to fold
             command = self._skip(msg.data, seq, quiet=True)
         else:
             try:

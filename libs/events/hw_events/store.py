@@ -26,7 +26,7 @@ from nats.js.errors import NotFoundError
 
 from hw_events import observability
 from hw_events.errors import ConcurrencyConflict, InternalError, ServiceUnavailable, UserError
-from hw_events.messages import Envelope, Event, Version, new_id, utcnow
+from hw_events.messages import EVENT_HEADER, Envelope, Event, Version, header_of, new_id, utcnow
 
 E = TypeVar("E")
 
@@ -96,9 +96,14 @@ def _after(append: Append, seq: int) -> Version:
     return Version(seq, append.expected.count + len(append.events))
 
 
-def _headers(msg_id: str, expected: Version | None) -> dict[str, str]:
-    """Idempotency (`Nats-Msg-Id`) and, when a version is expected, optimistic concurrency."""
+def _headers(msg_id: str, event: Event, expected: Version | None) -> dict[str, str]:
+    """Idempotency (`Nats-Msg-Id`), what the event is about (`Hw-Event`, for types that say:
+    readers may route on it without decoding the body) and, when a version is expected,
+    optimistic concurrency."""
     headers: dict[str, str] = {api.Header.MSG_ID: msg_id}
+    described = header_of(event)
+    if described:
+        headers[EVENT_HEADER] = described
     if expected is not None:
         headers[api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE] = str(expected.seq)
     return headers
@@ -176,7 +181,7 @@ class EventStore:
         if len(events) > 1:
             return (await self.append_together([append]))[0]
         msg_id, payload = self._envelopes(append, observability.inject())[0]
-        ack = await self._request(subject, payload, _headers(msg_id, expected))
+        ack = await self._request(subject, payload, _headers(msg_id, events[0], expected))
         if ack.error is not None:
             raise self._append_error(subject, expected, ack.error)
         return _after(append, ack.seq)
@@ -217,10 +222,10 @@ class EventStore:
         messages = []
         checked: set[str] = set()
         for append in appends:
-            for msg_id, payload in self._envelopes(append, trace):
+            for (msg_id, payload), event in zip(self._envelopes(append, trace), append.events, strict=True):
                 expected = append.expected if append.subject not in checked else None
                 checked.add(append.subject)
-                messages.append((append.subject, payload, _headers(msg_id, expected)))
+                messages.append((append.subject, payload, _headers(msg_id, event, expected)))
         if len(messages) > MAX_BATCH:
             raise UserError(f"cannot append {len(messages)} events at once; the limit is {MAX_BATCH}")
         return messages
@@ -274,7 +279,7 @@ class EventStore:
                         append.subject,
                         payload,
                         reply=f"{inbox}.{token}",
-                        headers=_headers(msg_id, append.expected),
+                        headers=_headers(msg_id, append.events[0], append.expected),
                     )
                 except nats.errors.Error as err:
                     del self._acks[token]

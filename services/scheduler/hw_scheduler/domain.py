@@ -32,7 +32,7 @@ from hw_events.fs import (
     RepoDeleted,
     Trigger,
 )
-from hw_events.messages import Event
+from hw_events.messages import Event, tag_of
 from hw_events.pipeline_spec import Input, PfsInput, PipelineSpec, as_trigger, input_name, pfs_inputs
 from hw_events.pps import (
     CREATED,
@@ -132,37 +132,73 @@ class FilesChangedUnread(Event, frozen=True, kw_only=True, tag="files_changed"):
     an unknown type takes (a failed decode, then its header decoded again)."""
 
 
+def _commit_started(view: FsView, event: CommitStarted) -> None:
+    repo = view.repos[event.repo]
+    repo.commits[event.commit] = CommitView(branch=event.branch, origin=event.origin)
+    branch = repo.branches.get(event.branch)
+    if branch is not None and branch.provenance:
+        _note_output(view, repo, event.commit, branch)
+
+
+def _commit_finished(view: FsView, event: CommitFinished) -> None:
+    repo = view.repos[event.repo]
+    commit = repo.commits[event.commit]
+    commit.finished, commit.layers, commit.error = True, tuple(event.layers), event.error
+    repo.open_outputs.pop(event.commit, None)
+
+
+def _branch_head_moved(view: FsView, event: BranchHeadMoved) -> None:
+    view.repos[event.repo].branches[event.branch].head = event.head
+
+
+def _branch_created(view: FsView, event: BranchCreated) -> None:
+    repo = view.repos[event.repo]
+    branch = BranchView(head=event.head, provenance=tuple(event.provenance), trigger=event.trigger)
+    repo.branches[event.branch] = branch
+    if branch.provenance:  # its first commit was started before the branch knew its inputs
+        _note_output(view, repo, event.head, branch)
+
+
+def _repo_created(view: FsView, event: RepoCreated) -> None:
+    view.repos[event.repo] = RepoView(created=event.created)
+
+
+def _repo_deleted(view: FsView, event: RepoDeleted) -> None:
+    view.repos.pop(event.repo, None)
+
+
+def _branch_deleted(view: FsView, event: BranchDeleted) -> None:
+    view.repos[event.repo].branches.pop(event.branch, None)
+
+
+def _branch_trigger_set(view: FsView, event: BranchTriggerSet) -> None:
+    view.repos[event.repo].branches[event.branch].trigger = event.trigger
+
+
+def _files_changed(view: FsView, event: FilesChangedUnread) -> None:
+    pass  # which files changed does not matter to scheduling
+
+
+# Looked up by type, not matched: a match tries its cases one after another, and these are all of
+# a long log.
+_FS_STEPS: dict[type[Event], Callable[[FsView, Any], None]] = {
+    CommitStarted: _commit_started,
+    CommitFinished: _commit_finished,
+    BranchHeadMoved: _branch_head_moved,
+    BranchCreated: _branch_created,
+    RepoCreated: _repo_created,
+    RepoDeleted: _repo_deleted,
+    BranchDeleted: _branch_deleted,
+    BranchTriggerSet: _branch_trigger_set,
+    FilesChangedUnread: _files_changed,
+}
+
+
 def evolve_fs(view: FsView, event: Event) -> FsView:
-    match event:  # (the commonest first: a match tries its cases in order)
-        case CommitStarted():
-            repo = view.repos[event.repo]
-            repo.commits[event.commit] = CommitView(branch=event.branch, origin=event.origin)
-            branch = repo.branches.get(event.branch)
-            if branch is not None and branch.provenance:
-                _note_output(view, repo, event.commit, branch)
-        case CommitFinished():
-            repo = view.repos[event.repo]
-            commit = repo.commits[event.commit]
-            commit.finished, commit.layers, commit.error = True, tuple(event.layers), event.error
-            repo.open_outputs.pop(event.commit, None)
-        case BranchHeadMoved():
-            view.repos[event.repo].branches[event.branch].head = event.head
-        case BranchCreated():
-            repo = view.repos[event.repo]
-            branch = BranchView(head=event.head, provenance=tuple(event.provenance), trigger=event.trigger)
-            repo.branches[event.branch] = branch
-            if branch.provenance:  # its first commit was started before the branch knew its inputs
-                _note_output(view, repo, event.head, branch)
-        case RepoCreated():
-            view.repos[event.repo] = RepoView(created=event.created)
-        case RepoDeleted():
-            view.repos.pop(event.repo, None)
-        case BranchDeleted():
-            view.repos[event.repo].branches.pop(event.branch, None)
-        case BranchTriggerSet():
-            view.repos[event.repo].branches[event.branch].trigger = event.trigger
-        case _:
-            pass  # files and triggers do not matter here
+    step = _FS_STEPS.get(type(event))
+    if step is None:
+        raise TypeError(f"the scheduler's view of the file store cannot apply {type(event).__name__}")
+    step(view, event)
     return view
 
 
@@ -222,7 +258,24 @@ class DatumsReported(Event, frozen=True, kw_only=True, tag="datums_finished"):
     results: msgspec.Raw
 
 
+class _ReportedResults(msgspec.Struct):
+    results: list[DatumFinished]
+
+
+class _StoredReport(msgspec.Struct):
+    """A stored `DatumsFinished` envelope, as far as its results."""
+
+    event: _ReportedResults
+
+
 _decode_results = msgspec.json.Decoder(list[DatumFinished]).decode
+_decode_report = msgspec.json.Decoder(_StoredReport).decode
+
+
+def _results_of(unread: bytes) -> list[DatumFinished]:
+    """Results kept unread: a report's results (a JSON array), or the whole stored report (an
+    object) when its header routed it here undecoded (`report_by_header`)."""
+    return _decode_results(unread) if unread[:1] == b"[" else _decode_report(unread).event.results
 
 
 class Job(msgspec.Struct, kw_only=True):
@@ -241,10 +294,10 @@ class Job(msgspec.Struct, kw_only=True):
     skipped: int = 0
     to_run: int = 0
     queued: bool = False
-    # The datum results reported so far: `reported` decoded, `unread` as their reports' JSON,
-    # decoded on first use (`results`). A replay folds millions of results of jobs that ended
-    # long ago and whose results were since stored; decoding them only to drop them was most of
-    # its cost.
+    # The datum results reported so far: `reported` decoded, `unread` as their reports' JSON (see
+    # `_results_of`), decoded on first use (`results`). A replay folds millions of results of jobs
+    # that ended long ago and whose results were since stored; decoding them only to drop them was
+    # most of its cost.
     reported: dict[str, DatumFinished] = msgspec.field(default_factory=dict)
     unread: list[bytes] = msgspec.field(default_factory=list)
     index: str = ""
@@ -310,7 +363,7 @@ class Job(msgspec.Struct, kw_only=True):
         unread, self.unread = self.unread, []
         for data in unread:
             try:
-                results = _decode_results(data)
+                results = _results_of(data)
             except (msgspec.ValidationError, msgspec.DecodeError):
                 continue  # not results after all: skipped, as a projector skips a malformed event
             self._add(results)
@@ -470,6 +523,17 @@ def evolve(state: PpsState, event: PpsEvent | DatumsReported) -> PpsState:
     return state
 
 
+def report_by_header(state: PpsState, about: str, body: bytes) -> PpsState:
+    """A `DatumsFinished` as replay reads it when its header names the job (`<pipeline> <job>`):
+    its body kept unread, as `evolve` keeps a `DatumsReported`'s results. A replay then reads
+    nothing of the reports of jobs whose results were stored since: most of a long log."""
+    pipeline, _, job_id = about.partition(" ")
+    job = state.jobs.get(pipeline, {}).get(job_id)
+    if job is not None and not job.final:  # (and so nothing to settle)
+        job.unread.append(body)
+    return state
+
+
 PPS = Projection(
     name="scheduler",
     schema="scheduler-4",
@@ -477,6 +541,7 @@ PPS = Projection(
     initial=PpsState,
     evolve=evolve,
     event_types=tuple(DatumsReported if t is DatumsFinished else t for t in PPS_EVENTS),
+    header_folds={tag_of(DatumsFinished): report_by_header},
 )
 
 # --- lookups ---------------------------------------------------------------------------------------
