@@ -25,8 +25,9 @@ output commit over the same inputs). So about 17.5 events a job; 1,000,000 event
 - HW_FS, 456,960 events (45.7%), 0.30 GB (420-600 B a message): CommitStarted and
   CommitFinished 114,240 each, BranchHeadMoved and FilesChanged 114,160 each, and the creations;
 - HW_PPS, 543,040 events (54.3%), 1.80 GB: DatumsFinished 257,160 (26% of the log, ~6.1 KB a
-  message and an `Hw-Event` header naming its job, 3,685,895 datum results in all), JobCreated, JobStarted, DatumsQueued and JobFinished
-  57,160 each and JobResultsStored 57,120 (300-500 B), 40 PipelineCreated, 80 PipelineUpdated;
+  message and an `Hw-Event` header naming its job, 3,685,895 datum results in all), JobCreated,
+  JobStarted, DatumsQueued and JobFinished 57,160 each and JobResultsStored 57,120 (300-500 B),
+  40 PipelineCreated, 80 PipelineUpdated;
 
 that is 57,160 jobs, ~1,430 a pipeline, every one finished (all but the newest 40 with their
 results stored): the state of a deployment that has run for a long while.

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import subprocess
 import sys
+import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
+import nats.errors
 import pytest
 
 from hw_events import streams
 from hw_events.errors import TransientError, UserError
-from hw_events.workqueue import QueueSpec, Task, WorkQueue, dead_letters
+from hw_events.workqueue import HeldTasks, QueueSpec, Task, WorkQueue, dead_letters, hand_back
 from hwctl import processes
 from tests.infra import NatsServer
 
@@ -218,7 +222,9 @@ async def test_submitting_the_same_task_twice_queues_it_once(nc: Any, queue: Wor
     assert await remaining(nc, queue) == 1
 
 
-def start_stuck_worker(server: NatsServer, queue: WorkQueue) -> subprocess.Popen[str]:
+def start_stuck_worker(
+    server: NatsServer, queue: WorkQueue, held: Path | None = None
+) -> subprocess.Popen[str]:
     spec = queue.spec
     proc = subprocess.Popen(
         [
@@ -230,6 +236,7 @@ def start_stuck_worker(server: NatsServer, queue: WorkQueue) -> subprocess.Popen
             spec.durable,
             str(spec.ack_wait),
             str(spec.max_attempts),
+            *([str(held)] if held else []),
         ],
         stdout=subprocess.PIPE,
         text=True,
@@ -258,6 +265,77 @@ async def test_a_task_of_a_killed_worker_is_redelivered(
     await run_until(queue, handle, done)
     assert attempts == [2]  # the same task, delivered again once the dead worker's ack_wait ran out
     assert await remaining(nc, queue) == 0
+
+
+async def test_the_tasks_a_killed_worker_held_are_handed_back_at_once(
+    nc: Any, queue: WorkQueue, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """Not after `ack_wait` (a minute here): once handed back, the task comes again within seconds."""
+    slow = WorkQueue(nc, dataclasses.replace(queue.spec, ack_wait=60.0))
+    await slow.ensure()
+    await slow.submit(task_subject(slow), b"survive")
+    held = tmp_path / "held"
+    stuck = await asyncio.to_thread(start_stuck_worker, nats_server, slow, held)
+    (reply,) = held.read_text().split()
+    stuck.kill()
+    stuck.wait()
+    assert await hand_back(nc, held, ack_wait=slow.spec.ack_wait) == 1
+    assert not held.exists()
+
+    attempts: list[int] = []
+    done = asyncio.Event()
+
+    async def handle(task: Task) -> None:
+        attempts.append(task.attempt)
+        done.set()
+
+    await run_until(slow, handle, done)  # (gives up after 15 s)
+    assert attempts == [2]
+    assert await remaining(nc, slow) == 0
+    # Handing back what was settled since changes nothing.
+    await nc.publish(reply, b"-NAK")
+    await nc.flush()
+    assert await remaining(nc, slow) == 0
+
+
+async def test_a_list_of_held_tasks_older_than_the_ack_wait_is_not_handed_back(
+    nc: Any, queue: WorkQueue, tmp_path: Path
+) -> None:
+    """Its worker's heartbeats stopped long enough ago that the task may be with another worker
+    now, and a nak of the old delivery would take it from that one."""
+    await queue.submit(task_subject(queue), b"mine")
+    psub = await nc.jetstream().pull_subscribe_bind(queue.spec.durable, stream=queue.spec.stream.name)
+    (msg,) = await psub.fetch(1, timeout=2)
+    held = HeldTasks(tmp_path / "held")
+    held.took(Task(msg, queue))
+    long_ago = time.time() - 10 * queue.spec.ack_wait
+    os.utime(held.path, (long_ago, long_ago))
+    assert await hand_back(nc, held.path, ack_wait=queue.spec.ack_wait) == 0
+    assert not held.path.exists()
+    with pytest.raises(nats.errors.TimeoutError):  # not delivered again (before its ack_wait)
+        await psub.fetch(1, timeout=0.5)
+    await msg.ack_sync()
+
+
+async def test_a_worker_lists_only_the_tasks_it_holds_unsettled(
+    nc: Any, queue: WorkQueue, tmp_path: Path
+) -> None:
+    held = HeldTasks(tmp_path / "held")
+    for key in ("a", "b"):
+        await queue.submit(task_subject(queue, key), key.encode())
+    listed: list[list[str]] = []
+    done = asyncio.Event()
+
+    async def handle(task: Task) -> None:
+        listed.append(held.path.read_text().split())
+        if task.data == b"a":
+            raise TransientError("not yet")  # (nak'd: settled, and taken again later)
+        done.set()
+
+    await run_until(queue, handle, done, held=held)
+    assert [len(replies) for replies in listed] == [1, 1]
+    assert all(reply.startswith("$JS.ACK.") for replies in listed for reply in replies)
+    assert held.path.read_text() == ""
 
 
 async def test_a_task_whose_worker_dies_on_the_last_attempt_is_kept_not_lost(

@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -126,11 +129,70 @@ class Task:
         await self.msg.term()
 
 
+class HeldTasks:
+    """The tasks a process holds and has not settled, kept in a file for whoever supervises it.
+
+    A task whose worker dies is otherwise delivered again only once `ack_wait` passes without a
+    heartbeat. A supervisor that sees the process die hands its tasks back at once (`hand_back`).
+    The file lists each delivery's ack subject, one a line, and is replaced whole on each change;
+    each heartbeat sent while connected touches it. A nak of an older delivery would take a task
+    from the worker it went to since, so a file not touched within `ack_wait` (the server may
+    have delivered its tasks again already) is not handed back.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._replies: dict[str, None] = {}  # (a dict as an ordered set)
+        self._write()
+
+    def took(self, task: Task) -> None:
+        self._replies[task.msg.reply] = None
+        self._write()
+
+    def let_go(self, task: Task) -> None:
+        if self._replies.pop(task.msg.reply, 0) is None:
+            self._write()
+
+    def beat(self) -> None:
+        with contextlib.suppress(OSError):
+            os.utime(self.path)
+
+    def _write(self) -> None:
+        fresh = self.path.with_name(self.path.name + ".new")
+        fresh.write_text("".join(f"{reply}\n" for reply in self._replies))
+        os.replace(fresh, self.path)
+
+
+async def hand_back(nc: Any, path: Path, *, ack_wait: float) -> int:
+    """Nak every task a process that died held (see `HeldTasks`), so each is delivered again now,
+    and forget the file; how many. Nothing if the file is older than the queue's `ack_wait`. A
+    task settled meanwhile is not changed by its nak. If NATS is away, the tasks come back after
+    their `ack_wait`, as without this."""
+    handed = _take_held(path, ack_wait)
+    for reply in handed:
+        await nc.publish(reply, b"-NAK")
+    await nc.flush()
+    return len(handed)
+
+
+def _take_held(path: Path, ack_wait: float) -> list[str]:
+    try:
+        replies = path.read_text().split()
+        fresh = time.time() - path.stat().st_mtime < ack_wait
+    except FileNotFoundError:
+        return []
+    path.unlink(missing_ok=True)
+    if not fresh:
+        return []
+    return [reply for reply in replies if reply.startswith("$JS.ACK.")]  # (nothing else to nak)
+
+
 class WorkQueue:
     """Submits tasks to, and runs handlers over, one durable pull consumer."""
 
     def __init__(self, nc: Any, spec: QueueSpec) -> None:
         self._on_dead: Callable[[Task, str], Awaitable[bool | None]] | None = None
+        self._held: HeldTasks | None = None
         self._nc = nc
         self._js = nc.jetstream()
         self.spec = spec
@@ -174,6 +236,7 @@ class WorkQueue:
         on_dead: Callable[[Task, str], Awaitable[bool | None]] | None = None,
         busy: int = 0,
         ahead: WorkQueue | None = None,
+        held: HeldTasks | None = None,
     ) -> None:
         """Take tasks and run `handler` on up to `concurrency` at once, until `stop` is set.
 
@@ -185,8 +248,11 @@ class WorkQueue:
         is taken only when there is room to start on it, so none waits here behind a long one
         while another consumer of the queue is idle. With `ahead` (a queue of the same kind of
         task, with the same settings), its tasks are taken before this queue's whenever it has any.
+        With `held`, the tasks taken and not yet settled are kept listed there, so a supervisor
+        can hand them back if this process dies.
         """
         self._on_dead = on_dead
+        self._held = held
         slots = asyncio.Semaphore(busy) if busy else None
         psub = await self._js.pull_subscribe_bind(self.spec.durable, stream=self.spec.stream.name)
         running: set[asyncio.Task[None]] = set()
@@ -242,6 +308,17 @@ class WorkQueue:
         return None if _status(msg) else msg
 
     async def _process(self, task: Task, handler: Callable[[Task], Awaitable[None]]) -> None:
+        if self._held is None:
+            await self._run_task(task, handler)
+            return
+        self._held.took(task)
+        try:
+            await self._run_task(task, handler)
+        finally:
+            if task.settled:  # (one given up on, as the process stops, stays to be handed back)
+                self._held.let_go(task)
+
+    async def _run_task(self, task: Task, handler: Callable[[Task], Awaitable[None]]) -> None:
         log = self._log.bind(subject=task.subject, seq=task.seq, attempt=task.attempt)
         if task.attempt > self.spec.max_attempts:
             lost = (
@@ -307,6 +384,9 @@ class WorkQueue:
                 await task.in_progress()
             except nats.errors.Error as err:
                 self._log.warning("heartbeat_failed", error=str(err))
+            else:
+                if self._held is not None and self._nc.is_connected:
+                    self._held.beat()
 
     async def keep_dead_letter(self, task: Task, reason: str) -> None:
         meta = task.msg.metadata

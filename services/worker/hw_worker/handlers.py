@@ -22,6 +22,7 @@ import os
 import socket
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -40,7 +41,7 @@ from hw_events.pps import (
     RecordDatums,
     SettledDatums,
 )
-from hw_events.workqueue import Task, WorkQueue
+from hw_events.workqueue import HeldTasks, Task, WorkQueue
 from hw_storage.config import open_store
 from hw_worker import domain, runner
 from hw_worker.pfs import Scratch, empty_out, sweep_stale
@@ -82,6 +83,10 @@ class Worker:
         # report of one batch overlap the next.
         self.concurrency = concurrency
         self.running = asyncio.Lock()
+        # Set by the worker service: the tasks this process holds, for it to hand back at once
+        # if this process dies (instead of after HW_DATUM_ACK_WAIT without heartbeats).
+        held = os.environ.get("HW_WORKER_HELD")
+        self.held = HeldTasks(Path(held)) if held else None
         self.log = observability.log(component="worker", pipeline=pipeline, isolation=isolation.mode)
 
     async def run(self) -> None:
@@ -95,6 +100,7 @@ class Worker:
             on_dead=self.given_up,
             busy=1,
             ahead=self.first,
+            held=self.held,
         )
 
     async def handle(self, task: Task) -> None:

@@ -5,18 +5,26 @@ This is the embedded default's stand-in for what Kubernetes does with one Deploy
 the processes take datums from their pipeline's queue and need nothing from this one. A worker
 process dies with the service (the kernel tells it: `PR_SET_PDEATHSIG`), so a service killed and
 started again never leaves two sets behind.
+
+Each process keeps a list of the tasks it holds (`workqueue.HeldTasks`); when one dies, or is
+stopped before it finished them, its tasks are handed back at once, so another worker takes them
+now rather than after `HW_DATUM_ACK_WAIT` without heartbeats.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import cast
 
 from nats.js.errors import NotFoundError
@@ -27,6 +35,7 @@ from hw_events.errors import ServiceUnavailable
 from hw_events.messages import Command
 from hw_events.projection import Projector
 from hw_events.service import Runtime
+from hw_events.workqueue import hand_back
 from hw_worker import domain
 from hw_worker.domain import Pools
 
@@ -45,6 +54,9 @@ class Supervisor:
         self.started: dict[int, float] = {}  # pid -> when
         self.failures: dict[str, int] = {}  # pipeline -> worker exits right after starting, in a row
         self.not_before: dict[str, float] = {}
+        self.held_in = Path(tempfile.mkdtemp(prefix="hw-worker-held-"))
+        self.held: dict[int, tuple[Path, float]] = {}  # pid -> the file of the tasks it holds, ack wait
+        self._numbers = itertools.count(1)
         self.log = rt.log.bind(component="supervisor")
 
     async def run(self) -> None:
@@ -60,7 +72,11 @@ class Supervisor:
                     self.log.exception("supervising_failed")
                 await self._news(self.pools.applied)
         finally:
+            stopped = [p for procs in self.running.values() for p in procs]
             await asyncio.to_thread(self.stop_all)
+            with contextlib.suppress(Exception):  # (NATS gone: they come back after their ack_wait)
+                await self._hand_back(stopped)
+            shutil.rmtree(self.held_in, ignore_errors=True)
 
     async def _news(self, mark: int) -> None:
         with contextlib.suppress(ServiceUnavailable):  # after LOOK_AGAIN: see to the processes
@@ -72,6 +88,7 @@ class Supervisor:
             for proc in [p for p in procs if p.poll() is not None]:
                 self.log.warning("worker_exited", pipeline=name, pid=proc.pid, code=proc.returncode)
                 procs.remove(proc)
+                await self._hand_back([proc])
                 # One that dies at once (a broken setup) is started again ever more slowly.
                 quick = now - self.started.pop(proc.pid, now) < QUICK_EXIT
                 self.failures[name] = self.failures.get(name, 0) + 1 if quick else 0
@@ -87,6 +104,7 @@ class Supervisor:
             surplus += [procs.pop() for _ in range(-delta)]
         if surplus:
             await asyncio.to_thread(_stop, surplus)  # all at once: a stop may take STOP_WITHIN
+            await self._hand_back(surplus)
         self.cleared &= self.pools.state.deleted  # made again and deleted again: clear again
         for name in self.pools.state.deleted - self.cleared:
             await self.clear(name)
@@ -97,11 +115,20 @@ class Supervisor:
         self.purged &= self.pools.state.paused
 
     def start(self, pipeline: str) -> subprocess.Popen[bytes]:
-        env = {**os.environ, "HW_WORKER_PARENT": str(os.getpid())}
+        held = self.held_in / str(next(self._numbers))
+        env = {**os.environ, "HW_WORKER_PARENT": str(os.getpid()), "HW_WORKER_HELD": str(held)}
         proc = subprocess.Popen([sys.executable, "-m", "hw_worker.pool", pipeline], env=env)
         self.started[proc.pid] = time.monotonic()
+        self.held[proc.pid] = (held, datum_queue.queue_for(pipeline).ack_wait)
         self.log.info("worker_started", pipeline=pipeline, pid=proc.pid)
         return proc
+
+    async def _hand_back(self, gone: list[subprocess.Popen[bytes]]) -> None:
+        for proc in gone:
+            held = self.held.pop(proc.pid, None)
+            handed = await hand_back(self.rt.nc, held[0], ack_wait=held[1]) if held is not None else 0
+            if handed:
+                self.log.info("tasks_handed_back", pid=proc.pid, tasks=handed)
 
     async def clear(self, pipeline: str) -> None:
         """A deleted pipeline's consumer and queued tasks go (a pipeline made again is new)."""
