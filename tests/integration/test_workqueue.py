@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import nats.errors
 import pytest
@@ -267,6 +267,23 @@ async def test_a_task_of_a_killed_worker_is_redelivered(
     assert await remaining(nc, queue) == 0
 
 
+def listed(path: Path) -> list[str]:
+    """The ack subjects a list of held tasks holds."""
+    return [line.split()[0] for line in path.read_text().splitlines()]
+
+
+async def attempts_of_next_delivery(queue: WorkQueue) -> list[int]:
+    attempts: list[int] = []
+    done = asyncio.Event()
+
+    async def handle(task: Task) -> None:
+        attempts.append(task.attempt)
+        done.set()
+
+    await run_until(queue, handle, done)  # (gives up after 15 s)
+    return attempts
+
+
 async def test_the_tasks_a_killed_worker_held_are_handed_back_at_once(
     nc: Any, queue: WorkQueue, nats_server: NatsServer, tmp_path: Path
 ) -> None:
@@ -276,66 +293,80 @@ async def test_the_tasks_a_killed_worker_held_are_handed_back_at_once(
     await slow.submit(task_subject(slow), b"survive")
     held = tmp_path / "held"
     stuck = await asyncio.to_thread(start_stuck_worker, nats_server, slow, held)
-    (reply,) = held.read_text().split()
     stuck.kill()
     stuck.wait()
     assert await hand_back(nc, held, ack_wait=slow.spec.ack_wait) == 1
     assert not held.exists()
-
-    attempts: list[int] = []
-    done = asyncio.Event()
-
-    async def handle(task: Task) -> None:
-        attempts.append(task.attempt)
-        done.set()
-
-    await run_until(slow, handle, done)  # (gives up after 15 s)
-    assert attempts == [2]
-    assert await remaining(nc, slow) == 0
-    # Handing back what was settled since changes nothing.
-    await nc.publish(reply, b"-NAK")
-    await nc.flush()
+    assert await attempts_of_next_delivery(slow) == [2]
     assert await remaining(nc, slow) == 0
 
 
-async def test_a_list_of_held_tasks_older_than_the_ack_wait_is_not_handed_back(
+async def test_a_task_held_longer_than_its_ack_wait_is_still_handed_back_thanks_to_heartbeats(
+    nc: Any, queue: WorkQueue, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """The list says when the server last heard of each task; heartbeats keep saying so."""
+    patient = WorkQueue(nc, dataclasses.replace(queue.spec, ack_wait=3.0))  # (a heartbeat a second)
+    await patient.ensure()
+    await patient.submit(task_subject(patient), b"long")
+    held = tmp_path / "held"
+    stuck = await asyncio.to_thread(start_stuck_worker, nats_server, patient, held)
+    await asyncio.sleep(7)
+    stuck.kill()
+    stuck.wait()
+    assert await hand_back(nc, held, ack_wait=patient.spec.ack_wait) == 1
+    assert await attempts_of_next_delivery(patient) == [2]
+
+
+async def test_a_task_not_heard_of_lately_is_not_handed_back(
     nc: Any, queue: WorkQueue, tmp_path: Path
 ) -> None:
     """Its worker's heartbeats stopped long enough ago that the task may be with another worker
-    now, and a nak of the old delivery would take it from that one."""
+    now, and a nak of the old delivery would take it from that one (nats-server redelivers on it)."""
     await queue.submit(task_subject(queue), b"mine")
     psub = await nc.jetstream().pull_subscribe_bind(queue.spec.durable, stream=queue.spec.stream.name)
     (msg,) = await psub.fetch(1, timeout=2)
+    task = Task(msg, queue)
     held = HeldTasks(tmp_path / "held")
-    held.took(Task(msg, queue))
     long_ago = time.time() - 10 * queue.spec.ack_wait
-    os.utime(held.path, (long_ago, long_ago))
+    with mock.patch("hw_events.workqueue.time.time", return_value=long_ago):
+        held.took(task)
     assert await hand_back(nc, held.path, ack_wait=queue.spec.ack_wait) == 0
     assert not held.path.exists()
     with pytest.raises(nats.errors.TimeoutError):  # not delivered again (before its ack_wait)
         await psub.fetch(1, timeout=0.5)
+    # A heartbeat after such a silence drops it from the list for good.
+    with mock.patch("hw_events.workqueue.time.time", return_value=long_ago):
+        held.took(task)
+    held.beat(task, queue.spec.ack_wait)
+    assert listed(held.path) == []
     await msg.ack_sync()
 
 
 async def test_a_worker_lists_only_the_tasks_it_holds_unsettled(
     nc: Any, queue: WorkQueue, tmp_path: Path
 ) -> None:
+    """Each while it runs; a task nak'd is off the list before the nak goes, so the list never
+    names a delivery the server may have handed to another worker."""
     held = HeldTasks(tmp_path / "held")
     for key in ("a", "b"):
         await queue.submit(task_subject(queue, key), key.encode())
-    listed: list[list[str]] = []
+    seen: list[tuple[str, list[str]]] = []
+    after_nak: list[list[str]] = []
     done = asyncio.Event()
 
     async def handle(task: Task) -> None:
-        listed.append(held.path.read_text().split())
-        if task.data == b"a":
-            raise TransientError("not yet")  # (nak'd: settled, and taken again later)
-        done.set()
+        seen.append((task.msg.reply, listed(held.path)))
+        if task.data == b"a" and task.attempt == 1:
+            await task.nak(0.05)  # (taken again later)
+            after_nak.append(listed(held.path))
+            return
+        if len(seen) == 3:
+            done.set()
 
     await run_until(queue, handle, done, held=held)
-    assert [len(replies) for replies in listed] == [1, 1]
-    assert all(reply.startswith("$JS.ACK.") for replies in listed for reply in replies)
-    assert held.path.read_text() == ""
+    assert [held_then for _, held_then in seen] == [[reply] for reply, _ in seen]
+    assert after_nak == [[]]
+    assert listed(held.path) == []
 
 
 async def test_a_task_whose_worker_dies_on_the_last_attempt_is_kept_not_lost(
@@ -410,7 +441,7 @@ async def test_a_busy_consumer_takes_no_task_it_cannot_start_and_overlaps_only_t
 
 
 async def test_a_queue_told_to_give_up_now_cancels_its_handlers_and_the_task_comes_back(
-    nc: Any, queue: WorkQueue
+    nc: Any, queue: WorkQueue, tmp_path: Path
 ) -> None:
     await queue.submit(task_subject(queue), b"endless")
     started, cancelled = asyncio.Event(), asyncio.Event()
@@ -423,10 +454,12 @@ async def test_a_queue_told_to_give_up_now_cancels_its_handlers_and_the_task_com
             cancelled.set()
             raise
 
-    runner = asyncio.create_task(queue.run(endless, stop=asyncio.Event(), poll=0.1))
+    held = HeldTasks(tmp_path / "held")
+    runner = asyncio.create_task(queue.run(endless, stop=asyncio.Event(), poll=0.1, held=held))
     await asyncio.wait_for(started.wait(), 5)
     runner.cancel()
     with pytest.raises(asyncio.CancelledError):
         await runner
     assert cancelled.is_set()
     assert await remaining(nc, queue) == 1  # not acked: another worker gets it
+    assert len(listed(held.path)) == 1  # (and, listed still, it is handed back once this process is gone)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from hw_events.messages import header_of
+from hw_events.pps import DatumsFinished, DatumsQueued
 from hw_events.projection import parse_ack_reply
 from hwctl.natsclient import _parse_headers, _parse_url
 
@@ -72,3 +74,14 @@ async def test_the_projector_reads_sequence_and_pending_from_either_reply_layout
         await projector._on_message(Delivery(seq, pending))
         assert (projector.applied, projector.pending) == (seq, pending)
     assert projector.positions["hw.fs.evt.x"] == (9, 3)
+
+
+def test_an_event_header_names_the_type_and_what_it_is_about_or_is_left_off() -> None:
+    def report(pipeline: str, job: str) -> DatumsFinished:
+        return DatumsFinished(pipeline=pipeline, job=job, results=[])
+
+    assert header_of(report("edges", "4f2a")) == "datums_finished edges 4f2a"
+    assert header_of(DatumsQueued(pipeline="edges", job="4f2a")) == ""  # (a type that names nothing)
+    # A value that cannot be told apart from the next: no header, so readers decode the body.
+    assert header_of(report("edges", "4f 2a")) == ""
+    assert header_of(report("edges", "4f\n2a")) == ""

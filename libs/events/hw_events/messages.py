@@ -105,11 +105,15 @@ class EventTypeHeader(msgspec.Struct):
 def header_of(event: Event) -> str:
     """The `Hw-Event` header of a stored event: its type tag, then the values of its `about`
     fields, separated by spaces (`datums_finished pipeline-01 4f2a...`); "" (no header) for a
-    type with no `about`. Readers that route on it must still read the body of messages without
-    it (written before it existed)."""
+    type with no `about`, or when a value has a space or a control character (it could not be
+    told apart). Readers that route on it must still read the body of messages without it (those
+    written before it existed, too)."""
     if not event.about:
         return ""
-    return " ".join([tag_of(type(event)), *(str(getattr(event, name)) for name in event.about)])
+    values = [str(getattr(event, name)) for name in event.about]
+    if any(not value.isprintable() or " " in value for value in values):
+        return ""
+    return " ".join([tag_of(type(event)), *values])
 
 
 def tag_of(cls: type[msgspec.Struct]) -> str:

@@ -53,9 +53,10 @@ class Projection(Generic[S]):
     `header_folds` (type tag -> fold) lets replay skip decoding the commonest or largest events:
     a message whose `Hw-Event` header names such a type goes to `fold(state, about, body)`, `about`
     being the header's values after the tag (see `messages.header_of`) and `body` the stored
-    envelope's JSON. The fold must leave the state as `evolve` would with the decoded event. Only
-    messages older than the commands a projector remembers go there (those it must know the
-    command of are decoded), and so do messages without the header, written before it existed.
+    envelope's JSON. The fold must leave the state as `evolve` would with the decoded event (a body
+    that would not decode is the fold's to deal with). Only messages older than the commands a
+    projector remembers go there: the newest, whose commands it must know, are decoded, and so
+    are messages without the header (written before it existed).
     """
 
     name: str

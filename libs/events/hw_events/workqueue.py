@@ -108,12 +108,14 @@ class Task:
     async def ack(self) -> None:
         """Confirmed by the server (a double ack): an ack lost on the way would mean doing it twice."""
         if not self.settled:
+            self.queue._let_go(self)
             await self.msg.ack_sync(timeout=5.0)
             self.settled = True
 
     async def nak(self, delay: float = 0.0) -> None:
         if not self.settled:
             self.settled = True
+            self.queue._let_go(self)
             await self.msg.nak(delay=delay or None)
 
     async def in_progress(self) -> None:
@@ -126,6 +128,7 @@ class Task:
             return
         await self.queue.keep_dead_letter(self, reason)
         self.settled = True
+        self.queue._let_go(self)
         await self.msg.term()
 
 
@@ -134,57 +137,80 @@ class HeldTasks:
 
     A task whose worker dies is otherwise delivered again only once `ack_wait` passes without a
     heartbeat. A supervisor that sees the process die hands its tasks back at once (`hand_back`).
-    The file lists each delivery's ack subject, one a line, and is replaced whole on each change;
-    each heartbeat sent while connected touches it. A nak of an older delivery would take a task
-    from the worker it went to since, so a file not touched within `ack_wait` (the server may
-    have delivered its tasks again already) is not handed back.
+    The file lists each delivery's ack subject and when the server last heard of it from this
+    process (taken, or a heartbeat sent while connected), one a line; it is replaced whole on each
+    change. A nak of an older delivery would take the task from the worker it went to since, so
+    only entries heard of lately are handed back, and one whose heartbeats stopped for `ack_wait`
+    is dropped for good. A task leaves the list before it is settled, and when its handler ends
+    without settling it (it comes back after `ack_wait`); one whose handler was cancelled (the
+    process stopping) stays, to be handed back once the process is gone.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._replies: dict[str, None] = {}  # (a dict as an ordered set)
+        self._heard: dict[str, float] = {}  # ack subject -> when the server last heard of it
         self._write()
 
     def took(self, task: Task) -> None:
-        self._replies[task.msg.reply] = None
+        self._heard[task.msg.reply] = time.time()
+        self._write()
+
+    def beat(self, task: Task, ack_wait: float) -> None:
+        """A heartbeat for `task` went out while connected."""
+        reply = task.msg.reply
+        last = self._heard.get(reply)
+        if last is None:
+            return
+        now = time.time()
+        if now - last < ack_wait:
+            self._heard[reply] = now
+        else:  # silent that long: the server may have given it to another worker
+            del self._heard[reply]
         self._write()
 
     def let_go(self, task: Task) -> None:
-        if self._replies.pop(task.msg.reply, 0) is None:
+        if self._heard.pop(task.msg.reply, None) is not None:
             self._write()
-
-    def beat(self) -> None:
-        with contextlib.suppress(OSError):
-            os.utime(self.path)
 
     def _write(self) -> None:
         fresh = self.path.with_name(self.path.name + ".new")
-        fresh.write_text("".join(f"{reply}\n" for reply in self._replies))
-        os.replace(fresh, self.path)
+        try:
+            fresh.write_text("".join(f"{reply} {heard:.3f}\n" for reply, heard in self._heard.items()))
+            os.replace(fresh, self.path)
+        except OSError:  # (a full disk): none listed is safe, a stale list is not
+            with contextlib.suppress(OSError):
+                self.path.unlink()
 
 
 async def hand_back(nc: Any, path: Path, *, ack_wait: float) -> int:
-    """Nak every task a process that died held (see `HeldTasks`), so each is delivered again now,
-    and forget the file; how many. Nothing if the file is older than the queue's `ack_wait`. A
-    task settled meanwhile is not changed by its nak. If NATS is away, the tasks come back after
-    their `ack_wait`, as without this."""
-    handed = _take_held(path, ack_wait)
+    """Nak the tasks a process that died held (see `HeldTasks`), so each is delivered again now,
+    and forget the file; how many. Only entries heard of within half of `ack_wait` (heartbeats go
+    every third of it), and only while connected (a nak held back until a reconnect could be one
+    of an older delivery by then): the rest come back after their `ack_wait`, as without this."""
+    held = _take_held(path)
+    if not nc.is_connected:
+        return 0
+    now = time.time()
+    handed = [reply for reply, heard in held if now - heard < ack_wait / 2]
     for reply in handed:
         await nc.publish(reply, b"-NAK")
-    await nc.flush()
+    await nc.flush(timeout=2)
     return len(handed)
 
 
-def _take_held(path: Path, ack_wait: float) -> list[str]:
+def _take_held(path: Path) -> list[tuple[str, float]]:
     try:
-        replies = path.read_text().split()
-        fresh = time.time() - path.stat().st_mtime < ack_wait
+        lines = path.read_text().splitlines()
     except FileNotFoundError:
         return []
     path.unlink(missing_ok=True)
-    if not fresh:
-        return []
-    return [reply for reply in replies if reply.startswith("$JS.ACK.")]  # (nothing else to nak)
+    held = []
+    for line in lines:
+        reply, _, heard = line.partition(" ")
+        with contextlib.suppress(ValueError):
+            if reply.startswith("$JS.ACK."):  # (nothing else to nak)
+                held.append((reply, float(heard)))
+    return held
 
 
 class WorkQueue:
@@ -308,27 +334,41 @@ class WorkQueue:
         return None if _status(msg) else msg
 
     async def _process(self, task: Task, handler: Callable[[Task], Awaitable[None]]) -> None:
-        if self._held is None:
+        held = self._held
+        if held is None:
             await self._run_task(task, handler)
             return
-        self._held.took(task)
+        cancelled = False
         try:
+            held.took(task)
             await self._run_task(task, handler)
+        except asyncio.CancelledError:
+            cancelled = True  # (the process stopping: it stays listed, to be handed back)
+            raise
         finally:
-            if task.settled:  # (one given up on, as the process stops, stays to be handed back)
-                self._held.let_go(task)
+            if not cancelled:
+                held.let_go(task)
+
+    def _let_go(self, task: Task) -> None:
+        """`task` is about to be settled: off the list first (a nak could hand it to another worker
+        before the list is written, and a nak of it later would take it from that one)."""
+        if self._held is not None:
+            self._held.let_go(task)
 
     async def _run_task(self, task: Task, handler: Callable[[Task], Awaitable[None]]) -> None:
         log = self._log.bind(subject=task.subject, seq=task.seq, attempt=task.attempt)
+        beat = asyncio.create_task(self._heartbeat(task))
         if task.attempt > self.spec.max_attempts:
             lost = (
                 f"gave up after {self.spec.max_attempts} attempts: "
                 "the last worker to take it stopped before finishing"
             )
             task.free_slot()
-            await self._settle(task, log, dead=lost)
+            try:
+                await self._settle(task, log, dead=lost)  # (`on_dead` may take a while)
+            finally:
+                beat.cancel()
             return
-        beat = asyncio.create_task(self._heartbeat(task))
         parent = observability.extract(task.headers)
         try:
             with observability.tracer().start_as_current_span(f"task {self.spec.durable}", context=parent):
@@ -386,7 +426,7 @@ class WorkQueue:
                 self._log.warning("heartbeat_failed", error=str(err))
             else:
                 if self._held is not None and self._nc.is_connected:
-                    self._held.beat()
+                    self._held.beat(task, self.spec.ack_wait)
 
     async def keep_dead_letter(self, task: Task, reason: str) -> None:
         meta = task.msg.metadata

@@ -526,7 +526,11 @@ def evolve(state: PpsState, event: PpsEvent | DatumsReported) -> PpsState:
 def report_by_header(state: PpsState, about: str, body: bytes) -> PpsState:
     """A `DatumsFinished` as replay reads it when its header names the job (`<pipeline> <job>`):
     its body kept unread, as `evolve` keeps a `DatumsReported`'s results. A replay then reads
-    nothing of the reports of jobs whose results were stored since: most of a long log."""
+    nothing of the reports of jobs whose results were stored since: most of a long log.
+
+    Unlike a decoded report, a body that is no report at all (a message corrupted, or written by
+    hand under the header) is kept too: until the job's results are read it counts as a report
+    (`has_results`), and then it is skipped."""
     pipeline, _, job_id = about.partition(" ")
     job = state.jobs.get(pipeline, {}).get(job_id)
     if job is not None and not job.final:  # (and so nothing to settle)
@@ -536,7 +540,7 @@ def report_by_header(state: PpsState, about: str, body: bytes) -> PpsState:
 
 PPS = Projection(
     name="scheduler",
-    schema="scheduler-4",
+    schema="scheduler-5",  # (unread reports may be whole stored messages: older versions skip them)
     state_type=PpsState,
     initial=PpsState,
     evolve=evolve,

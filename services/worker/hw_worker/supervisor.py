@@ -40,7 +40,9 @@ from hw_worker import domain
 from hw_worker.domain import Pools
 
 LOOK_AGAIN = 1.0  # seconds between checks that every process still runs
-STOP_WITHIN = 10.0  # seconds a worker gets to stop (it kills its user code after pool.GRACE)
+# Seconds a worker gets to stop (it kills its user code after pool.GRACE); less than the 10 s the
+# service gives its background loops to end, so the supervisor then hands back what they held.
+STOP_WITHIN = 8.0
 QUICK_EXIT = 5.0  # a worker gone this soon after starting did not get going
 
 
@@ -54,7 +56,8 @@ class Supervisor:
         self.started: dict[int, float] = {}  # pid -> when
         self.failures: dict[str, int] = {}  # pipeline -> worker exits right after starting, in a row
         self.not_before: dict[str, float] = {}
-        self.held_in = Path(tempfile.mkdtemp(prefix="hw-worker-held-"))
+        _sweep_held_lists()
+        self.held_in = Path(tempfile.mkdtemp(prefix=f"{HELD_PREFIX}{os.getpid()}-"))
         self.held: dict[int, tuple[Path, float]] = {}  # pid -> the file of the tasks it holds, ack wait
         self._numbers = itertools.count(1)
         self.log = rt.log.bind(component="supervisor")
@@ -88,11 +91,11 @@ class Supervisor:
             for proc in [p for p in procs if p.poll() is not None]:
                 self.log.warning("worker_exited", pipeline=name, pid=proc.pid, code=proc.returncode)
                 procs.remove(proc)
-                await self._hand_back([proc])
                 # One that dies at once (a broken setup) is started again ever more slowly.
                 quick = now - self.started.pop(proc.pid, now) < QUICK_EXIT
                 self.failures[name] = self.failures.get(name, 0) + 1 if quick else 0
                 self.not_before[name] = now + min(2.0 ** self.failures[name], 30.0) if quick else 0.0
+                await self._hand_back([proc])
         counts = {name: len(procs) for name, procs in self.running.items()}
         surplus: list[subprocess.Popen[bytes]] = []
         for name, delta in domain.changes(self.pools.state.wanted(), counts).items():
@@ -126,7 +129,13 @@ class Supervisor:
     async def _hand_back(self, gone: list[subprocess.Popen[bytes]]) -> None:
         for proc in gone:
             held = self.held.pop(proc.pid, None)
-            handed = await hand_back(self.rt.nc, held[0], ack_wait=held[1]) if held is not None else 0
+            if held is None:
+                continue
+            try:
+                handed = await hand_back(self.rt.nc, held[0], ack_wait=held[1])
+            except Exception as err:  # (NATS away: they come back after their ack wait)
+                self.log.warning("hand_back_failed", pid=proc.pid, error=f"{type(err).__name__}: {err}")
+                continue
             if handed:
                 self.log.info("tasks_handed_back", pid=proc.pid, tasks=handed)
 
@@ -151,6 +160,27 @@ class Supervisor:
     def stop_all(self) -> None:
         _stop([p for procs in self.running.values() for p in procs])
         self.running.clear()
+
+
+HELD_PREFIX = "hw-worker-held-"
+
+
+def _sweep_held_lists() -> None:
+    """Remove what worker services that were killed left of their lists of held tasks."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{HELD_PREFIX}*-*"):
+        pid = folder.name.removeprefix(HELD_PREFIX).partition("-")[0]
+        if pid.isdigit() and not _runs(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _runs(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
