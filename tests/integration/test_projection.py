@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
 import msgspec
@@ -134,15 +135,7 @@ async def test_a_replay_folds_by_header_what_is_older_than_the_commands_it_remem
         amount = msgspec.json.decode(body, type=_StoredDeposit).event.amount
         return evolve(state, Deposited(account=about, amount=amount))
 
-    by_header = Projection(
-        name="balances",
-        schema="balances-1",
-        state_type=Balances,
-        initial=Balances,
-        evolve=evolve,
-        event_types=(Deposited, Withdrawn),
-        header_folds={"test_deposited": deposit_by_header},
-    )
+    by_header = dataclasses.replace(BALANCES, header_folds={"test_deposited": deposit_by_header})
     store = EventStore(nc)
     for n in range(1, 9):
         event = Deposited(account="a" if n % 2 else "b", amount=n)
@@ -172,14 +165,8 @@ async def test_a_replay_folds_by_header_what_is_older_than_the_commands_it_remem
 async def test_a_projection_cannot_fold_by_header_a_type_it_does_not_read(
     nc: Any, event_stream: StreamSpec
 ) -> None:
-    stray = Projection(
-        name="balances",
-        schema="balances-1",
-        state_type=Balances,
-        initial=Balances,
-        evolve=evolve,
-        event_types=(Withdrawn,),
-        header_folds={"test_deposited": lambda state, about, body: state},
+    stray = dataclasses.replace(
+        BALANCES, event_types=(Withdrawn,), header_folds={"test_deposited": lambda state, about, body: state}
     )
     with pytest.raises(TypeError, match=r"\['test_deposited'\] by header, not among its event types"):
         Projector(nc, event_stream, stray)

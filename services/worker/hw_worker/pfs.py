@@ -142,11 +142,12 @@ def sweep_stale(root: str) -> None:
     if not os.path.isdir(root):
         return
     for name in os.listdir(root):
-        if name.isdigit() and not _alive(int(name)):
+        if name.isdigit() and not alive(int(name)):
             shutil.rmtree(os.path.join(root, name), ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether a process `pid` runs (one of another user counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

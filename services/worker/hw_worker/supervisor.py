@@ -38,6 +38,7 @@ from hw_events.service import Runtime
 from hw_events.workqueue import hand_back
 from hw_worker import domain
 from hw_worker.domain import Pools
+from hw_worker.pfs import alive
 
 LOOK_AGAIN = 1.0  # seconds between checks that every process still runs
 # Seconds a worker gets to stop (it kills its user code after pool.GRACE); less than the 10 s the
@@ -169,18 +170,8 @@ def _sweep_held_lists() -> None:
     """Remove what worker services that were killed left of their lists of held tasks."""
     for folder in Path(tempfile.gettempdir()).glob(f"{HELD_PREFIX}*-*"):
         pid = folder.name.removeprefix(HELD_PREFIX).partition("-")[0]
-        if pid.isdigit() and not _runs(int(pid)):
+        if pid.isdigit() and not alive(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
-
-
-def _runs(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
