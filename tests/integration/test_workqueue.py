@@ -327,15 +327,15 @@ async def test_a_task_not_heard_of_lately_is_not_handed_back(
     (msg,) = await psub.fetch(1, timeout=2)
     task = Task(msg, queue)
     held = HeldTasks(tmp_path / "held")
-    long_ago = time.time() - 10 * queue.spec.ack_wait
-    with mock.patch("hw_events.workqueue.time.time", return_value=long_ago):
+    long_ago = time.monotonic() - 10 * queue.spec.ack_wait
+    with mock.patch("hw_events.workqueue.time.monotonic", return_value=long_ago):
         held.took(task)
     assert await hand_back(nc, held.path, ack_wait=queue.spec.ack_wait) == 0
     assert not held.path.exists()
     with pytest.raises(nats.errors.TimeoutError):  # not delivered again (before its ack_wait)
         await psub.fetch(1, timeout=0.5)
     # A heartbeat after such a silence drops it from the list for good.
-    with mock.patch("hw_events.workqueue.time.time", return_value=long_ago):
+    with mock.patch("hw_events.workqueue.time.monotonic", return_value=long_ago):
         held.took(task)
     held.beat(task, queue.spec.ack_wait)
     assert listed(held.path) == []

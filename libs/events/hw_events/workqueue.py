@@ -148,11 +148,13 @@ class HeldTasks:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._heard: dict[str, float] = {}  # ack subject -> when the server last heard of it
+        # ack subject -> when the server last heard of it: `time.monotonic()`, one clock for every
+        # process of a machine (Linux) that no change of the wall clock moves
+        self._heard: dict[str, float] = {}
         self._write()
 
     def took(self, task: Task) -> None:
-        self._heard[task.msg.reply] = time.time()
+        self._heard[task.msg.reply] = time.monotonic()
         self._write()
 
     def beat(self, task: Task, ack_wait: float) -> None:
@@ -161,7 +163,7 @@ class HeldTasks:
         last = self._heard.get(reply)
         if last is None:
             return
-        now = time.time()
+        now = time.monotonic()
         if now - last < ack_wait:
             self._heard[reply] = now
         else:  # silent that long: the server may have given it to another worker
@@ -190,7 +192,7 @@ async def hand_back(nc: Any, path: Path, *, ack_wait: float) -> int:
     held = _take_held(path)
     if not nc.is_connected:
         return 0
-    now = time.time()
+    now = time.monotonic()
     handed = [reply for reply, heard in held if now - heard < ack_wait / 2]
     for reply in handed:
         await nc.publish(reply, b"-NAK")
