@@ -357,8 +357,14 @@ async def test_a_worker_lists_only_the_tasks_it_holds_unsettled(
     async def handle(task: Task) -> None:
         seen.append((task.msg.reply, listed(held.path)))
         if task.data == b"a" and task.attempt == 1:
+            nak = task.msg.nak
+
+            async def nak_as_listed(*args: Any, **kwargs: Any) -> None:
+                after_nak.append(listed(held.path))  # (as the nak goes)
+                await nak(*args, **kwargs)
+
+            task.msg.nak = nak_as_listed
             await task.nak(0.05)  # (taken again later)
-            after_nak.append(listed(held.path))
             return
         if len(seen) == 3:
             done.set()
@@ -367,6 +373,34 @@ async def test_a_worker_lists_only_the_tasks_it_holds_unsettled(
     assert [held_then for _, held_then in seen] == [[reply] for reply, _ in seen]
     assert after_nak == [[]]
     assert listed(held.path) == []
+
+
+async def test_a_queue_told_to_give_up_while_finishing_cancels_its_handlers(
+    nc: Any, queue: WorkQueue
+) -> None:
+    """Told to stop, it waits for the tasks under way; told then to give up now (a worker's
+    grace ran out), their handlers are cancelled (a datum's code is killed), not left running."""
+    await queue.submit(task_subject(queue), b"endless")
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def endless(task: Task) -> None:
+        started.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    stop = asyncio.Event()
+    runner = asyncio.create_task(queue.run(endless, stop=stop, poll=0.1, concurrency=2))
+    await asyncio.wait_for(started.wait(), 5)
+    stop.set()
+    await asyncio.sleep(0.5)  # (now waiting for the handler to finish)
+    runner.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await runner
+    assert cancelled.is_set()
+    assert await remaining(nc, queue) == 1
 
 
 async def test_a_task_whose_worker_dies_on_the_last_attempt_is_kept_not_lost(

@@ -137,11 +137,11 @@ class HeldTasks:
 
     A task whose worker dies is otherwise delivered again only once `ack_wait` passes without a
     heartbeat. A supervisor that sees the process die hands its tasks back at once (`hand_back`).
-    The file lists each delivery's ack subject and when the server last heard of it from this
-    process (taken, or a heartbeat sent while connected), one a line; it is replaced whole on each
+    The file lists each delivery's ack subject and when this process last told the server of it
+    (took it, or sent a heartbeat while connected), one a line; it is replaced whole on each
     change. A nak of an older delivery would take the task from the worker it went to since, so
-    only entries heard of lately are handed back, and one whose heartbeats stopped for `ack_wait`
-    is dropped for good. A task leaves the list before it is settled, and when its handler ends
+    only entries heard of lately are handed back, and one whose heartbeats stopped for half of
+    `ack_wait` is dropped for good. A task leaves the list before it is settled, and when its handler ends
     without settling it (it comes back after `ack_wait`); one whose handler was cancelled (the
     process stopping) stays, to be handed back once the process is gone.
     """
@@ -164,9 +164,9 @@ class HeldTasks:
         if last is None:
             return
         now = time.monotonic()
-        if now - last < ack_wait:
+        if now - last < ack_wait / 2:  # (they go every third of it)
             self._heard[reply] = now
-        else:  # silent that long: the server may have given it to another worker
+        else:  # silent that long: the server may give it (or have given it) to another worker
             del self._heard[reply]
         self._write()
 
@@ -188,7 +188,8 @@ async def hand_back(nc: Any, path: Path, *, ack_wait: float) -> int:
     """Nak the tasks a process that died held (see `HeldTasks`), so each is delivered again now,
     and forget the file; how many. Only entries heard of within half of `ack_wait` (heartbeats go
     every third of it), and only while connected (a nak held back until a reconnect could be one
-    of an older delivery by then): the rest come back after their `ack_wait`, as without this."""
+    of an older delivery by then; so use a connection that does not reconnect): the rest come back
+    after their `ack_wait`, as without this."""
     held = _take_held(path)
     if not nc.is_connected:
         return 0
@@ -308,7 +309,13 @@ class WorkQueue:
             raise
         finally:
             if running:
-                await asyncio.wait(running)
+                try:
+                    await asyncio.wait(running)
+                except asyncio.CancelledError:  # told to give up while finishing: so do the handlers
+                    for job in running:
+                        job.cancel()
+                    await asyncio.gather(*running, return_exceptions=True)
+                    raise
             with contextlib.suppress(Exception):
                 await psub.unsubscribe()
 

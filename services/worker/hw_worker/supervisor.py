@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import cast
 
+import nats
 from nats.js.errors import NotFoundError
 
 from hw_events import datum_queue, streams
@@ -42,7 +43,8 @@ from hw_worker.pfs import alive
 
 LOOK_AGAIN = 1.0  # seconds between checks that every process still runs
 # Seconds a worker gets to stop (it kills its user code after pool.GRACE); less than the 10 s the
-# service gives its background loops to end, so the supervisor then hands back what they held.
+# service gives its background loops to end, so the supervisor usually then hands back what they
+# held (not when a stop of surplus workers was under way: then they come back after the ack wait).
 STOP_WITHIN = 8.0
 QUICK_EXIT = 5.0  # a worker gone this soon after starting did not get going
 
@@ -133,12 +135,21 @@ class Supervisor:
             if held is None:
                 continue
             try:
-                handed = await hand_back(self.rt.nc, held[0], ack_wait=held[1])
+                handed = await self._hand_back_one(held[0], held[1])
             except Exception as err:  # (NATS away: they come back after their ack wait)
                 self.log.warning("hand_back_failed", pid=proc.pid, error=f"{type(err).__name__}: {err}")
                 continue
             if handed:
                 self.log.info("tasks_handed_back", pid=proc.pid, tasks=handed)
+
+    async def _hand_back_one(self, held: Path, ack_wait: float) -> int:
+        # A connection of its own that never reconnects: naks buffered across a reconnect could
+        # go out after the tasks were delivered again, and take them from their new workers.
+        nc = await nats.connect(self.rt.settings.nats_url, allow_reconnect=False, connect_timeout=2)
+        try:
+            return await hand_back(nc, held, ack_wait=ack_wait)
+        finally:
+            await nc.close()
 
     async def clear(self, pipeline: str) -> None:
         """A deleted pipeline's consumer and queued tasks go (a pipeline made again is new)."""
