@@ -4,12 +4,17 @@ next datum sees only its own inputs and an empty `out`, whatever the last one le
 from __future__ import annotations
 
 import os
+import subprocess
+import tempfile
 from pathlib import Path
+
+import pytest
 
 from hw_events.pps import TaskInput
 from hw_storage.local import LocalBlobStore
 from hw_storage.upload import Upload
-from hw_worker.pfs import Scratch
+from hw_worker import supervisor
+from hw_worker.pfs import Scratch, sweep_stale
 
 
 def _tree(store: LocalBlobStore, tmp_path: Path, files: dict[str, str]) -> list[str]:
@@ -54,3 +59,25 @@ def test_a_used_folder_comes_back_with_only_the_next_datums_inputs(tmp_path: Pat
     assert third == first
     assert _everything(third) == {"out", "data", "data/a", "data/a/1.txt"}
     assert Path(third, "data", "a", "1.txt").read_text() == "one"
+
+
+def test_what_killed_processes_left_behind_is_swept_and_nothing_of_live_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scratch folders of worker processes, and lists of held tasks of worker services, that no
+    longer run; those of processes still running stay."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    scratch = tmp_path / "scratch"
+    for pid in (dead.pid, os.getpid()):
+        (scratch / str(pid)).mkdir(parents=True)
+    sweep_stale(str(scratch))
+    assert sorted(p.name for p in scratch.iterdir()) == [str(os.getpid())]
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    for pid in (dead.pid, os.getpid()):
+        (tmp_path / f"{supervisor.HELD_PREFIX}{pid}-x1").mkdir()
+    supervisor._sweep_held_lists()
+    assert sorted(p.name for p in tmp_path.glob(f"{supervisor.HELD_PREFIX}*")) == [
+        f"{supervisor.HELD_PREFIX}{os.getpid()}-x1"
+    ]
