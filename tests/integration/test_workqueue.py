@@ -375,34 +375,6 @@ async def test_a_worker_lists_only_the_tasks_it_holds_unsettled(
     assert listed(held.path) == []
 
 
-async def test_a_queue_told_to_give_up_while_finishing_cancels_its_handlers(
-    nc: Any, queue: WorkQueue
-) -> None:
-    """Told to stop, it waits for the tasks under way; told then to give up now (a worker's
-    grace ran out), their handlers are cancelled (a datum's code is killed), not left running."""
-    await queue.submit(task_subject(queue), b"endless")
-    started, cancelled = asyncio.Event(), asyncio.Event()
-
-    async def endless(task: Task) -> None:
-        started.set()
-        try:
-            await asyncio.sleep(3600)
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
-
-    stop = asyncio.Event()
-    runner = asyncio.create_task(queue.run(endless, stop=stop, poll=0.1, concurrency=2))
-    await asyncio.wait_for(started.wait(), 5)
-    stop.set()
-    await asyncio.sleep(0.5)  # (now waiting for the handler to finish)
-    runner.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await runner
-    assert cancelled.is_set()
-    assert await remaining(nc, queue) == 1
-
-
 async def test_a_task_whose_worker_dies_on_the_last_attempt_is_kept_not_lost(
     nc: Any, unique: str, nats_server: NatsServer
 ) -> None:
@@ -474,9 +446,12 @@ async def test_a_busy_consumer_takes_no_task_it_cannot_start_and_overlaps_only_t
     assert await remaining(nc, queue) == 0
 
 
+@pytest.mark.parametrize("finishing", [False, True], ids=["taking", "finishing"])
 async def test_a_queue_told_to_give_up_now_cancels_its_handlers_and_the_task_comes_back(
-    nc: Any, queue: WorkQueue, tmp_path: Path
+    nc: Any, queue: WorkQueue, tmp_path: Path, finishing: bool
 ) -> None:
+    """Also when told to stop first, and so waiting for the tasks under way (a worker whose grace
+    ran out): their handlers are cancelled (a datum's code is killed), not left running."""
     await queue.submit(task_subject(queue), b"endless")
     started, cancelled = asyncio.Event(), asyncio.Event()
 
@@ -489,8 +464,13 @@ async def test_a_queue_told_to_give_up_now_cancels_its_handlers_and_the_task_com
             raise
 
     held = HeldTasks(tmp_path / "held")
-    runner = asyncio.create_task(queue.run(endless, stop=asyncio.Event(), poll=0.1, held=held))
+    stop = asyncio.Event()
+    # (with room for another task, the queue goes on taking until it is told to stop)
+    runner = asyncio.create_task(queue.run(endless, stop=stop, poll=0.1, held=held, concurrency=2))
     await asyncio.wait_for(started.wait(), 5)
+    if finishing:
+        stop.set()
+        await asyncio.sleep(0.5)  # (now waiting for the handler to finish)
     runner.cancel()
     with pytest.raises(asyncio.CancelledError):
         await runner
