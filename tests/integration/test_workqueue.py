@@ -311,6 +311,13 @@ async def test_a_task_held_longer_than_its_ack_wait_is_still_handed_back_thanks_
     held = tmp_path / "held"
     stuck = await asyncio.to_thread(start_stuck_worker, nats_server, patient, held)
     await asyncio.sleep(7)
+    # Killed just after a heartbeat: one half an ack wait old would rightly not be handed back.
+    before = held.read_text()
+    async with asyncio.timeout(5):  # (a file left empty would mean the task was dropped)
+        while True:
+            await asyncio.sleep(0.01)
+            if held.read_text() not in (before, ""):
+                break
     stuck.kill()
     stuck.wait()
     assert await hand_back(nc, held, ack_wait=patient.spec.ack_wait) == 1

@@ -140,8 +140,8 @@ class HeldTasks:
     The file lists each delivery's ack subject and when this process last told the server of it
     (took it, or sent a heartbeat while connected), one a line; it is replaced whole on each
     change. A nak of an older delivery would take the task from the worker it went to since, so
-    only entries heard of lately are handed back, and one whose heartbeats stopped for half of
-    `ack_wait` is dropped for good. A task leaves the list before it is settled, and when its handler ends
+    only entries heard of lately are handed back, and one whose heartbeats stopped for two thirds
+    of `ack_wait` is dropped for good. A task leaves the list before it is settled, and when its handler ends
     without settling it (it comes back after `ack_wait`); one whose handler was cancelled (the
     process stopping) stays, to be handed back once the process is gone.
     """
@@ -164,7 +164,9 @@ class HeldTasks:
         if last is None:
             return
         now = time.monotonic()
-        if now - last < ack_wait / 2:  # (they go every third of it)
+        # Beats go every third of `ack_wait`: two thirds leave a loaded machine a third of slack,
+        # and the server a third before it could give the task to another worker.
+        if now - last < ack_wait * 2 / 3:
             self._heard[reply] = now
         else:  # silent that long: the server may give it (or have given it) to another worker
             del self._heard[reply]
