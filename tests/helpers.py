@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 import msgspec
 
 from hw_events.messages import Command, Event
+from hw_events.projection import Projection
 
 
 class Deposited(Event, frozen=True, kw_only=True, tag="test_deposited"):
@@ -41,6 +44,30 @@ def evolve(state: Balances, event: Deposited | Withdrawn) -> Balances:
             raise TypeError(type(event).__name__)
     state.applied += 1
     return state
+
+
+def evolve_slowly(state: Balances, event: Deposited | Withdrawn) -> Balances:
+    time.sleep(0.005)  # a replay long enough to be caught in the middle
+    return evolve(state, event)
+
+
+# Module-level, so a replay helper process can import them (they travel pickled, by reference).
+BALANCES = Projection(
+    name="balances",
+    schema="balances-1",
+    state_type=Balances,
+    initial=Balances,
+    evolve=evolve,
+    event_types=(Deposited, Withdrawn),
+)
+SLOW_BALANCES = Projection(
+    name="slow-balances",
+    schema="balances-1",
+    state_type=Balances,
+    initial=Balances,
+    evolve=evolve_slowly,
+    event_types=(Deposited, Withdrawn),
+)
 
 
 class Deposit(Command, frozen=True, kw_only=True, tag="test_deposit"):

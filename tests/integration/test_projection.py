@@ -19,17 +19,8 @@ from hw_events.projection import Projection, Projector
 from hw_events.snapshots import SnapshotStore
 from hw_events.store import Append, EventStore
 from hw_events.streams import StreamKind, StreamSpec
-from tests.helpers import Balances, Deposited, Renamed, Withdrawn, evolve
+from tests.helpers import BALANCES, Balances, Deposited, Renamed, Withdrawn, evolve
 from tests.infra import NatsServer
-
-BALANCES = Projection(
-    name="balances",
-    schema="balances-1",
-    state_type=Balances,
-    initial=Balances,
-    evolve=evolve,
-    event_types=(Deposited, Withdrawn),
-)
 
 
 def subject(stream: StreamSpec, aggregate: str) -> str:

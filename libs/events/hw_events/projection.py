@@ -125,7 +125,7 @@ class Projector(Generic[S]):
         # more than the replay it saves. So also at most one per `snapshot_interval` seconds.
         self._snapshot_interval = snapshot_interval
         self._last_snapshot_time = -math.inf
-        self._remember = remember_commands
+        self.remember_commands = remember_commands
         self._remember_max = 2 * remember_commands
         self._remember_from = 0  # replay skips commands older than the last `remember` before the end
         self._log = observability.log(projection=projection.name, stream=stream.name)
@@ -166,6 +166,10 @@ class Projector(Generic[S]):
         self._state_encoder = msgspec.msgpack.Encoder()
 
     @property
+    def snapshot_store(self) -> SnapshotStore | None:
+        return self._snapshots
+
+    @property
     def snapshot_key(self) -> str:
         return f"{self.stream.name}.{self.projection.name}"
 
@@ -173,11 +177,24 @@ class Projector(Generic[S]):
 
     async def start(self) -> None:
         """Load the snapshot, start replaying; returns at once (see `wait_ready`)."""
+        await self.prepare()
+        await self.follow()
+
+    async def prepare(self) -> None:
+        """Load the snapshot and note where the stream ends now: what `ready` means, and `backlog`."""
         info = await self._js.stream_info(self.stream.name)
         if self._snapshots is not None:
             await self._restore(info.state.last_seq)
         self._target = await EventStore(self._nc).last_sequence(self.stream.name, self.subjects)
-        self._remember_from = self._target - self._remember
+        self._remember_from = self._target - self.remember_commands
+
+    @property
+    def backlog(self) -> int:
+        """Messages of the stream (as it was at `prepare`) past what the state holds: up to replay."""
+        return max(0, self._target - self.applied)
+
+    async def follow(self) -> None:
+        """Replay from the state's position on, then follow live; returns at once (see `wait_ready`)."""
         start = self.applied + 1
         if self._target < start:
             self._set_ready()
@@ -315,7 +332,7 @@ class Projector(Generic[S]):
 
     def _forget_old_commands(self) -> None:
         # Trim to the newest `remember_commands` only when twice that many piled up: amortised O(1).
-        self._commands = dict(list(self._commands.items())[-self._remember :])
+        self._commands = dict(list(self._commands.items())[-self.remember_commands :])
 
     # --- what writers need -------------------------------------------------------------------------
 
@@ -394,6 +411,19 @@ class Projector(Generic[S]):
         """Save state and positions now. Failure is logged, not raised: a snapshot is only a cache."""
         if self._snapshots is None:
             return
+        data = self.snapshot_bytes()
+        self._last_snapshot_time = time.monotonic()
+        self._read_at_snapshot = self.read
+        self._next_snapshot_at = self.read + self._snapshot_every
+        try:
+            await self._snapshots.save(self.snapshot_key, data)
+        except Exception as err:
+            self._log.warning("snapshot_save_failed", error=str(err), seq=self.applied)
+        else:
+            self._log.debug("snapshot_saved", seq=self.applied, bytes=len(data))
+
+    def snapshot_bytes(self) -> bytes:
+        """State, positions and remembered commands as a snapshot, encoded (not saved)."""
         snapshot = snapshots.Snapshot(
             projection=self.projection.name,
             schema=self.projection.schema,
@@ -402,19 +432,10 @@ class Projector(Generic[S]):
             seq=self.applied,
             taken=utcnow(),
             positions={subject: Version(*position) for subject, position in self.positions.items()},
-            commands=list(self._commands)[-self._remember :],
+            commands=list(self._commands)[-self.remember_commands :],
             state=msgspec.Raw(self._state_encoder.encode(self.state)),
         )
-        data = snapshots.encode(snapshot)
-        self._last_snapshot_time = time.monotonic()
-        self._read_at_snapshot = self.read
-        self._next_snapshot_at = self.read + self._snapshot_every
-        try:
-            await self._snapshots.save(self.snapshot_key, data)
-        except Exception as err:
-            self._log.warning("snapshot_save_failed", error=str(err), seq=snapshot.seq)
-        else:
-            self._log.debug("snapshot_saved", seq=snapshot.seq, bytes=len(data))
+        return snapshots.encode(snapshot)
 
     async def _restore(self, stream_last_seq: int) -> None:
         assert self._snapshots is not None
@@ -423,8 +444,24 @@ class Projector(Generic[S]):
         except Exception as err:
             self._log.warning("snapshot_unreadable", error=str(err))
             return
-        if data is None:
-            return
+        if data is not None:
+            self._install(data, stream_last_seq, source="snapshot")
+
+    async def adopt(self, data: bytes) -> bool:
+        """Take state, positions and commands from `snapshot_bytes` made elsewhere (a replay helper)
+        before `follow`; False (logged) when they do not fit this projection or this stream."""
+        if self._sub is not None:
+            raise RuntimeError(f"{self.projection.name} already follows its stream: adopt before follow")
+        info = await self._js.stream_info(self.stream.name)
+        if not self._install(data, info.state.last_seq, source="helper"):
+            return False
+        # What the helper read is in no saved snapshot yet: save with the next event, or on stop.
+        self._read_at_snapshot = self.read - 1
+        if self._snapshots is not None:
+            self._next_snapshot_at = self.read + 1
+        return True
+
+    def _install(self, data: bytes, stream_last_seq: int, *, source: str) -> bool:
         reason = None
         try:
             snapshot = snapshots.decode(data)
@@ -442,10 +479,11 @@ class Projector(Generic[S]):
         except (msgspec.ValidationError, msgspec.DecodeError) as err:
             reason = f"it cannot be decoded: {err}"
         if reason is not None:
-            self._log.warning("snapshot_ignored", reason=reason)
-            return
+            self._log.warning("snapshot_ignored", reason=reason, source=source)
+            return False
         self.state = state
         self.applied = snapshot.seq
         self.positions = {subject: (v.seq, v.count) for subject, v in snapshot.positions.items()}
         self._commands = dict.fromkeys(snapshot.commands, snapshot.seq)
-        self._log.info("snapshot_loaded", seq=snapshot.seq, taken=snapshot.taken.isoformat())
+        self._log.info("snapshot_loaded", seq=snapshot.seq, taken=snapshot.taken.isoformat(), source=source)
+        return True

@@ -27,6 +27,7 @@ import nats.errors
 
 from hw_events import __version__, observability, streams, subjects
 from hw_events.bus import CommandClient, CommandServer, Handler, encode_ok
+from hw_events.catch_up import catch_up
 from hw_events.errors import ConcurrencyConflict
 from hw_events.health import Health
 from hw_events.messages import Command, Event, utcnow
@@ -64,6 +65,11 @@ class Settings:
         default_factory=lambda: float(os.environ.get("HW_SNAPSHOT_INTERVAL", "5"))
     )
     ready_timeout: float = field(default_factory=lambda: float(os.environ.get("HW_READY_TIMEOUT", "600")))
+    # Replay a projection in a helper process when it and another each have this many events to
+    # go (see `catch_up`); 0: never. A helper costs about half a second to start.
+    replay_helpers_from: int = field(
+        default_factory=lambda: int(os.environ.get("HW_REPLAY_HELPERS_FROM", "100000"))
+    )
 
 
 class Runtime:
@@ -241,7 +247,15 @@ async def serve(
     health_sub = await nc.subscribe(subjects.health_subject(spec.name), cb=answer_health)
 
     server: CommandServer | None = None
-    if await _replayed_unless_stopped(runtime, stop):
+    caught_up = await catch_up(
+        list(runtime.projectors.values()),
+        service=spec.name,
+        nats_url=settings.nats_url,
+        helpers_from=settings.replay_helpers_from,
+        timeout=settings.ready_timeout,
+        stop=stop,
+    )
+    if caught_up:
         server = CommandServer(nc, spec.name, spec.setup(runtime))
         await server.start()
         await nc.flush()  # the server has our subscription before health says ready
@@ -262,29 +276,6 @@ async def serve(
     await health_sub.unsubscribe()
     await nc.drain()
     log.info("service_stopped")
-
-
-async def _replayed_unless_stopped(runtime: Runtime, stop: asyncio.Event) -> bool:
-    """Start the projectors one after another, each once the one before caught up; False if told
-    to stop first (a long replay is cut short). Two replays at once on one connection outrun the
-    client: the server drops a connection more than 64 MB behind, and each drop stalls both."""
-    for projector in runtime.projectors.values():
-        await projector.start()
-        if not await _caught_up_unless_stopped(projector, runtime.settings.ready_timeout, stop):
-            return False
-    return True
-
-
-async def _caught_up_unless_stopped(projector: Projector[Any], timeout: float, stop: asyncio.Event) -> bool:
-    replayed: asyncio.Future[Any] = asyncio.ensure_future(projector.wait_ready(timeout))
-    stopped: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
-    await asyncio.wait({replayed, stopped}, return_when=asyncio.FIRST_COMPLETED)
-    if replayed.done():
-        stopped.cancel()
-        replayed.result()  # a projector that could not catch up in time fails the start, loudly
-        return True
-    replayed.cancel()
-    return False
 
 
 def main(spec: ServiceSpec) -> None:

@@ -60,8 +60,8 @@ class SnapshotStore:
         self, js: Any, *, bucket: str = subjects.SNAPSHOT_BUCKET, objects: str = subjects.SNAPSHOT_OBJECTS
     ):
         self._js = js
-        self._bucket_name = bucket
-        self._objects_name = objects
+        self.bucket = bucket
+        self.objects = objects
         self._kv: Any = None
         self._obs: Any = None
         self.max_inline = 1024 * 1024 - _HEADROOM
@@ -69,9 +69,9 @@ class SnapshotStore:
     async def _bucket(self) -> Any:
         if self._kv is None:
             try:
-                self._kv = await self._js.key_value(self._bucket_name)
+                self._kv = await self._js.key_value(self.bucket)
             except BucketNotFoundError:
-                self._kv = await self._js.create_key_value(bucket=self._bucket_name, history=1)
+                self._kv = await self._js.create_key_value(bucket=self.bucket, history=1)
             max_payload = getattr(self._js._nc, "max_payload", 0)
             if max_payload:
                 self.max_inline = min(self.max_inline, max_payload - _HEADROOM)
@@ -80,9 +80,9 @@ class SnapshotStore:
     async def _objects(self) -> Any:
         if self._obs is None:
             try:
-                self._obs = await self._js.object_store(self._objects_name)
+                self._obs = await self._js.object_store(self.objects)
             except (BucketNotFoundError, NotFoundError):
-                self._obs = await self._js.create_object_store(self._objects_name)
+                self._obs = await self._js.create_object_store(self.objects)
         return self._obs
 
     async def save(self, key: str, data: bytes) -> None:
@@ -126,8 +126,8 @@ class SnapshotStore:
         if not info.size:
             return b""
         sub = await self._js.pull_subscribe(
-            f"$O.{self._objects_name}.C.{info.nuid}",
-            stream=f"OBJ_{self._objects_name}",
+            f"$O.{self.objects}.C.{info.nuid}",
+            stream=f"OBJ_{self.objects}",
             config=api.ConsumerConfig(ack_policy=api.AckPolicy.NONE, inactive_threshold=30.0),
         )
         chunks: list[bytes] = []

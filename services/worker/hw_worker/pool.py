@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import signal
 import sys
 
-from hw_events import observability, service
+from hw_events import children, observability, service
 from hw_worker import runner
 from hw_worker.handlers import Worker
 
-_PR_SET_PDEATHSIG = 1
 GRACE = 5.0  # seconds a running datum gets to finish when the worker is told to stop
 
 
@@ -81,12 +79,8 @@ def _watch_children_with_pidfd(loop: asyncio.AbstractEventLoop) -> None:
 def _die_with_parent() -> None:
     """Be told (SIGTERM) when the worker service that started this process dies, however it dies."""
     parent = os.environ.get("HW_WORKER_PARENT")
-    if not parent:
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != int(parent):  # it died before the request was made
-        sys.exit(0)
+    if parent:
+        children.die_with_parent(int(parent))
 
 
 if __name__ == "__main__":

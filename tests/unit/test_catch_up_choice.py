@@ -1,0 +1,42 @@
+"""Which projections a starting service hands to replay helpers (`catch_up.to_help`)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from hw_events.catch_up import to_help
+
+
+def backlogs(*sizes: int) -> list[Any]:
+    return [SimpleNamespace(backlog=size, name=f"p{i}") for i, size in enumerate(sizes)]
+
+
+def names(chosen: list[Any]) -> list[str]:
+    return [p.name for p in chosen]
+
+
+def test_the_longest_replay_stays_here_and_the_next_goes_to_a_helper() -> None:
+    assert names(to_help(backlogs(400_000, 600_000), 100_000, cores=2)) == ["p0"]
+    assert names(to_help(backlogs(600_000, 400_000), 100_000, cores=2)) == ["p1"]
+
+
+def test_short_replays_are_not_worth_a_process() -> None:
+    assert to_help(backlogs(600_000, 99_999), 100_000, cores=2) == []
+    assert to_help(backlogs(5, 5), 100_000, cores=8) == []
+
+
+def test_one_projection_or_one_core_or_turned_off_means_no_helper() -> None:
+    assert to_help(backlogs(600_000), 100_000, cores=8) == []
+    assert to_help(backlogs(600_000, 500_000), 100_000, cores=1) == []
+    assert to_help(backlogs(600_000, 500_000), 0, cores=8) == []
+
+
+@pytest.mark.parametrize(("cores", "expected"), [(2, ["p2"]), (3, ["p2", "p0"]), (8, ["p2", "p0", "p3"])])
+def test_no_more_helpers_than_cores_beside_this_process_longest_first(
+    cores: int, expected: list[str]
+) -> None:
+    chosen = to_help(backlogs(300_000, 900_000, 500_000, 200_000, 10), 100_000, cores=cores)
+    assert names(chosen) == expected
