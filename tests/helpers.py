@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import msgspec
@@ -60,14 +61,7 @@ BALANCES = Projection(
     evolve=evolve,
     event_types=(Deposited, Withdrawn),
 )
-SLOW_BALANCES = Projection(
-    name="slow-balances",
-    schema="balances-1",
-    state_type=Balances,
-    initial=Balances,
-    evolve=evolve_slowly,
-    event_types=(Deposited, Withdrawn),
-)
+SLOW_BALANCES = dataclasses.replace(BALANCES, name="slow-balances", evolve=evolve_slowly)
 
 
 class Deposit(Command, frozen=True, kw_only=True, tag="test_deposit"):

@@ -5,6 +5,7 @@ only time, and no helper outlives a stop or its service."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import sys
@@ -167,14 +168,7 @@ async def test_a_helper_that_fails_costs_only_time(
         module._evolve_nowhere_else = _evolve_nowhere_else  # type: ignore[attr-defined]
         monkeypatch.setitem(sys.modules, module.__name__, module)
         evolve_b = _evolve_nowhere_else  # type: ignore[assignment]
-    b = Projection(
-        name="b",
-        schema="b-1",
-        state_type=Balances,
-        initial=Balances,
-        evolve=evolve_b,
-        event_types=(Deposited, Withdrawn),
-    )
+    b = dataclasses.replace(BALANCES, name="b", evolve=evolve_b)
     running = build(nc, two_streams, b)
     assert await caught_up(running, nats_server.url, helpers_from=1)
     assert [p.read for p in running] == [30, 20]  # replayed here after all
