@@ -190,6 +190,8 @@ async def test_a_stop_during_catch_up_kills_the_helper(
     running = build(nc, two_streams, SLOW_BALANCES)
     catching_up = asyncio.create_task(caught_up(running, nats_server.url, helpers_from=1, stop=stop))
     (helper,) = await eventually_true(lambda: helpers_of(os.getpid()), "a helper running")
+    progress = running[1].progress()  # what health (`hwctl status`) says meanwhile
+    assert (progress.ready, progress.applied, progress.pending) == (False, 0, 300)
     stop.set()
     assert await catching_up is False
     assert gone(helper)

@@ -187,6 +187,7 @@ class Projector(Generic[S]):
             await self._restore(info.state.last_seq)
         self._target = await EventStore(self._nc).last_sequence(self.stream.name, self.subjects)
         self._remember_from = self._target - self.remember_commands
+        self.pending = self.backlog  # (health shows it while a replay helper has it)
 
     @property
     def backlog(self) -> int:
@@ -196,6 +197,7 @@ class Projector(Generic[S]):
     async def follow(self) -> None:
         """Replay from the state's position on, then follow live; returns at once (see `wait_ready`)."""
         start = self.applied + 1
+        self.pending = self.backlog
         if self._target < start:
             self._set_ready()
         config = api.ConsumerConfig(
