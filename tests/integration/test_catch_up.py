@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from hw_events import streams
-from hw_events.catch_up import catch_up
+from hw_events.catch_up import _ended, catch_up
 from hw_events.projection import Projection, Projector
 from hw_events.snapshots import SnapshotStore
 from hw_events.store import EventStore
@@ -147,7 +147,11 @@ def _evolve_nowhere_else(state: Balances, event: Any) -> Balances:
     return evolve(state, event)
 
 
-@pytest.mark.parametrize("why", ["not importable in the helper", "not picklable"])
+async def _no_process(*args: Any, **kwargs: Any) -> Any:
+    raise BlockingIOError(11, "Resource temporarily unavailable")  # as fork says at pids.max
+
+
+@pytest.mark.parametrize("why", ["not importable in the helper", "not picklable", "not started"])
 async def test_a_helper_that_fails_costs_only_time(
     nc: Any,
     nats_server: NatsServer,
@@ -157,26 +161,64 @@ async def test_a_helper_that_fails_costs_only_time(
 ) -> None:
     await fill(nc, two_streams[0], 30, "a")
     await fill(nc, two_streams[1], 20, "b")
+    b = dataclasses.replace(BALANCES, name="b")
     if why == "not picklable":
 
         def evolve_b(state: Balances, event: Any) -> Balances:  # made at run time: no reference
             return evolve(state, event)
 
-    else:  # a module only this process has: the helper cannot load the projection and exits 1
+        b = dataclasses.replace(b, evolve=evolve_b)
+    elif why == "not importable in the helper":  # its module is only in this process: exit 1
         module = types.ModuleType("hw_test_only_in_this_process")
-        _evolve_nowhere_else.__module__ = module.__name__
-        module._evolve_nowhere_else = _evolve_nowhere_else  # type: ignore[attr-defined]
+        monkeypatch.setattr(_evolve_nowhere_else, "__module__", module.__name__)
+        monkeypatch.setattr(module, "_evolve_nowhere_else", _evolve_nowhere_else, raising=False)
         monkeypatch.setitem(sys.modules, module.__name__, module)
-        evolve_b = _evolve_nowhere_else  # type: ignore[assignment]
-    b = dataclasses.replace(BALANCES, name="b", evolve=evolve_b)
+        b = dataclasses.replace(b, evolve=_evolve_nowhere_else)
+    else:
+        monkeypatch.setattr(asyncio, "create_subprocess_exec", _no_process)
     running = build(nc, two_streams, b)
     assert await caught_up(running, nats_server.url, helpers_from=1)
     assert [p.read for p in running] == [30, 20]  # replayed here after all
     expected = build(nc, two_streams)
     assert await caught_up(expected, nats_server.url, helpers_from=0)
-    assert [p.state for p in running] == [p.state for p in expected]
+
+    await fill(nc, two_streams[1], 1, "late")  # and followed live once, as without a helper
+    last = await EventStore(nc).last_sequence(two_streams[1].name, two_streams[1].subjects)
+    for projector in (running[1], expected[1]):
+        await projector.wait_for(last)
+    await asyncio.sleep(0.2)  # (time for a second reading of it to show)
+    assert running[1].read == 21
+    assert [(p.state, p.positions) for p in running] == [(p.state, p.positions) for p in expected]
     for projector in running + expected:
         await projector.stop(snapshot=False)
+
+
+ANSWERING = """
+import sys, time
+for _ in range(40):
+    sys.stdout.buffer.write(b"x" * 250_000)
+    sys.stdout.flush()
+    time.sleep(0.05)
+time.sleep(60)
+"""
+
+
+async def test_a_helper_killed_while_it_answers_is_reaped() -> None:
+    """Its answer half read when the service stops: the pipe pauses with more than 128 KiB
+    unread, and a process waited for with its pipe paused would never be done with."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", ANSWERING, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+    )
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    proc.stdin.close()
+    reading = asyncio.create_task(proc.stdout.read())
+    await asyncio.sleep(0.3)
+    reading.cancel()
+    await asyncio.sleep(0.3)  # (the transport reads on until it pauses)
+    async with asyncio.timeout(10):
+        await _ended(proc)
+    assert proc.returncode == -signal.SIGKILL
 
 
 async def test_a_stop_during_catch_up_kills_the_helper(

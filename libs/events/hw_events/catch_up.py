@@ -23,6 +23,7 @@ import pickle
 import sys
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from hw_events import observability
@@ -82,10 +83,15 @@ async def catch_up(
     timeout: float,
     stop: asyncio.Event,
 ) -> bool:
-    """Bring every projector up to the log as it is now; False if told to stop first."""
+    """Bring every projector up to the log as it is now, all within `timeout` seconds (else
+    `ServiceUnavailable`, saying how far each got); False if told to stop first."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
     for projector in projectors:
         await projector.prepare()
-    helped = to_help(projectors, helpers_from, _cores())
+    if stop.is_set():
+        return False
+    helped = to_help(projectors, helpers_from, cores())
     started: dict[int, asyncio.subprocess.Process] = {}
     answers: dict[int, asyncio.Task[bytes | None]] = {}
     try:
@@ -95,40 +101,79 @@ async def catch_up(
             if proc is not None:
                 started[id(projector)] = proc
                 answers[id(projector)] = asyncio.create_task(helper_answer(proc, job))
-        for projector in [p for p in projectors if id(p) not in answers] + helped:
+        kept = [p for p in projectors if id(p) not in answers]
+        for projector in kept + [p for p in projectors if id(p) in answers]:
             answer = answers.get(id(projector))
             if answer is not None:
                 state = await _unless_stopped(answer, stop)
                 if stop.is_set():
                     return False
                 if state is not None:
-                    await projector.adopt(state)
+                    await _adopted(projector, state)
             await projector.follow()
-            await _unless_stopped(projector.wait_ready(timeout), stop)  # raises if not in time
+            # (raises when out of time; a helper that failed leaves less time for its projection)
+            await _unless_stopped(projector.wait_ready(max(deadline - loop.time(), 0.001)), stop)
             if stop.is_set():
                 return False
         return True
     finally:
         for task in answers.values():
             task.cancel()
+        await asyncio.gather(*answers.values(), return_exceptions=True)
         for proc in started.values():
             await _ended(proc)  # (nothing, when it answered) a helper still replaying is killed
 
 
-def _cores() -> int:
-    """The cores this process may run on (fewer than the machine's under a CPU set)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+async def _adopted(projector: Projector[Any], state: bytes) -> bool:
+    """`projector.adopt(state)`; False (logged) when it could not, and the projector replays here."""
+    try:
+        return await projector.adopt(state)
+    except Exception as err:  # (the stream's end could not be read) a helper only saves time
+        log = observability.log(projection=projector.projection.name, stream=projector.stream.name)
+        log.warning("replay_helper_failed", error=f"its state could not be adopted: {err}")
+        return False
+
+
+def cores(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """The cores this process may keep busy: those it may run on (a CPU set), but no more than
+    its CPU quota, rounded down (a container limited to 1.5 CPUs would only be throttled by a
+    second busy process)."""
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    quota = cpu_quota(cgroup)
+    return count if quota is None else max(1, min(count, int(quota)))
+
+
+def cpu_quota(cgroup: Path) -> float | None:
+    """CPUs' worth of time the cgroup allows (cgroup v2 `cpu.max`, or v1 `cpu.cfs_quota_us` over
+    `cpu.cfs_period_us`); None when unlimited or unknown."""
+    try:
+        limit, period = (cgroup / "cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        try:
+            limit = (cgroup / "cpu" / "cpu.cfs_quota_us").read_text().strip()
+            period = (cgroup / "cpu" / "cpu.cfs_period_us").read_text().strip()
+        except OSError:
+            return None
+    if limit in ("max", "-1"):
+        return None
+    try:
+        return int(limit) / int(period)
+    except (ValueError, ZeroDivisionError):
+        return None
 
 
 async def _unless_stopped(work: Awaitable[Any], stop: asyncio.Event) -> Any:
     """`work`'s result, or None as soon as `stop` is set (the work is then cancelled)."""
     done: asyncio.Future[Any] = asyncio.ensure_future(work)
     stopped: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
-    await asyncio.wait({done, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    try:
+        finished, _ = await asyncio.wait({done, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # cancelled itself: leave nothing running
+        done.cancel()
+        stopped.cancel()
+        raise
     stopped.cancel()
-    if not done.done():
+    if done not in finished:
         done.cancel()
         return None
     return done.result()  # a projector that could not catch up in time fails the start, loudly
@@ -144,14 +189,18 @@ async def start_helper(job: HelperJob) -> asyncio.subprocess.Process | None:
         return None
     # The child imports the projection's modules: let it find them where this process does.
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "hw_events.replay_helper",
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        env=env,
-    )
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "hw_events.replay_helper",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            env=env,
+        )
+    except OSError as err:  # (out of processes or memory) a helper only saves time
+        log.warning("replay_helper_failed", error=f"it could not be started: {err}")
+        return None
     assert proc.stdin is not None
     try:
         proc.stdin.write(sent)
@@ -184,8 +233,10 @@ async def helper_answer(proc: asyncio.subprocess.Process, job: HelperJob) -> byt
 
 
 async def _ended(proc: asyncio.subprocess.Process) -> None:
-    """Kill `proc` unless it has ended; return once it is reaped."""
+    """Kill `proc` unless it has ended; return once it is reaped. What is left of its answer is
+    read and dropped: `wait()` returns only once its pipes are closed, and a pipe paused with
+    unread data (more than 128 KiB) would never see the end."""
     if proc.returncode is None:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
-    await asyncio.shield(proc.wait())
+    await asyncio.shield(proc.communicate())
