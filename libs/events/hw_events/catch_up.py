@@ -111,8 +111,9 @@ async def catch_up(
                 if state is not None:
                     await _adopted(projector, state)
             await projector.follow()
-            # (raises when out of time; a helper that failed leaves less time for its projection)
-            await _unless_stopped(projector.wait_ready(max(deadline - loop.time(), 0.001)), stop)
+            # (raises when out of time; a helper that failed leaves less time for its projection,
+            # but at least a second, for the events appended while it replayed)
+            await _unless_stopped(projector.wait_ready(max(deadline - loop.time(), 1.0)), stop)
             if stop.is_set():
                 return False
         return True
