@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from hw_events import streams
+import hw_events.catch_up as catch_up_module
+from hw_events import snapshots, streams
 from hw_events.catch_up import _ended, catch_up
 from hw_events.projection import Projection, Projector
 from hw_events.snapshots import SnapshotStore
@@ -27,6 +28,12 @@ from tests.helpers import BALANCES, SLOW_BALANCES, Balances, Deposited, Withdraw
 from tests.infra import NatsServer
 
 HELPER = "hw_events.replay_helper"
+
+
+@pytest.fixture(autouse=True)
+def two_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Helpers are for a service with a core to spare: say there is one, on any machine."""
+    monkeypatch.setattr(catch_up_module, "cores", lambda: 2)
 
 
 @pytest.fixture
@@ -100,6 +107,14 @@ async def eventually_true(check: Any, what: str, timeout: float = 20.0) -> Any:
     return found
 
 
+async def eventually_async(check: Any, what: str, timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (found := await check()):
+        assert time.monotonic() < deadline, f"{what}: not within {timeout:g}s"
+        await asyncio.sleep(0.02)
+    return found
+
+
 def gone(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -133,9 +148,11 @@ async def test_a_helper_replays_the_shorter_projection_and_hands_over_what_a_rep
     await helped[1].wait_for(await EventStore(nc).last_sequence(two_streams[1].name, two_streams[1].subjects))
     assert helped[1].state.accounts["late0"] == -1
 
-    # What the helper read is in no snapshot yet: stopping saves one.
+    # What the helper read is in no snapshot yet: the next event saves one (not the 10,000th).
+    saved = await eventually_async(lambda: store.load(helped[1].snapshot_key), "a snapshot saved")
+    assert snapshots.decode(saved).seq == 41
     for projector in helped + here:
-        await projector.stop()
+        await projector.stop(snapshot=False)
     restarted = Projector(nc, two_streams[1], BALANCES, snapshots=store)
     await restarted.start()
     await restarted.wait_ready(5)
@@ -224,8 +241,8 @@ async def test_a_helper_killed_while_it_answers_is_reaped() -> None:
 async def test_a_stop_during_catch_up_kills_the_helper(
     nc: Any, nats_server: NatsServer, two_streams: tuple[StreamSpec, StreamSpec]
 ) -> None:
-    await fill(nc, two_streams[0], 400, "a")
-    await fill(nc, two_streams[1], 300, "b")  # the helper's, at 5 ms an event: 1.5 s
+    await fill(nc, two_streams[0], 1200, "a")
+    await fill(nc, two_streams[1], 1000, "b")  # the helper's, at 5 ms an event: 5 s
     stop = asyncio.Event()
     # (A slow replay here would hold the event loop: messages already delivered are folded
     # without a pause, so the test could not look for the helper.)
@@ -233,9 +250,10 @@ async def test_a_stop_during_catch_up_kills_the_helper(
     catching_up = asyncio.create_task(caught_up(running, nats_server.url, helpers_from=1, stop=stop))
     (helper,) = await eventually_true(lambda: helpers_of(os.getpid()), "a helper running")
     progress = running[1].progress()  # what health (`hwctl status`) says meanwhile
-    assert (progress.ready, progress.applied, progress.pending) == (False, 0, 300)
+    assert (progress.ready, progress.applied, progress.pending) == (False, 0, 1000)
     stop.set()
-    assert await catching_up is False
+    async with asyncio.timeout(3):  # not once the helper is done
+        assert await catching_up is False
     assert gone(helper)
     for projector in running:
         await projector.stop(snapshot=False)
@@ -243,11 +261,14 @@ async def test_a_stop_during_catch_up_kills_the_helper(
 
 CATCHING_UP = """
     import asyncio, sys
+    import hw_events.catch_up
     from hw_events.catch_up import catch_up
     from hw_events.projection import Projector
     from hw_events.streams import StreamKind, StreamSpec
     from tests.helpers import BALANCES, SLOW_BALANCES
     import nats
+
+    hw_events.catch_up.cores = lambda: 2  # (a core to spare, on any machine)
 
     async def main():
         nc = await nats.connect(sys.argv[1])
@@ -265,8 +286,8 @@ CATCHING_UP = """
 async def test_a_helper_dies_with_the_service_that_started_it(
     nc: Any, nats_server: NatsServer, two_streams: tuple[StreamSpec, StreamSpec]
 ) -> None:
-    await fill(nc, two_streams[0], 600, "a")
-    await fill(nc, two_streams[1], 500, "b")  # the helper's: 2.5 s, unless it dies with the service
+    await fill(nc, two_streams[0], 1200, "a")
+    await fill(nc, two_streams[1], 1000, "b")  # the helper's: 5 s, unless it dies with the service
     args = [nats_server.url]
     for spec in two_streams:
         args += [spec.name, spec.subjects[0]]
@@ -282,8 +303,38 @@ async def test_a_helper_dies_with_the_service_that_started_it(
         (helper,) = helpers_of(service.pid)
         service.send_signal(signal.SIGKILL)
         # (not `service.wait()`: it returns once the pipes close, and the helper holds stderr's)
-        await eventually_true(lambda: gone(helper), "the helper gone", timeout=1)
+        await eventually_true(lambda: gone(helper), "the helper gone", timeout=3)
     finally:
         if service.returncode is None:
             service.kill()
             await service.wait()
+
+
+async def test_a_stop_before_the_catch_up_starts_no_helper(
+    nc: Any, nats_server: NatsServer, two_streams: tuple[StreamSpec, StreamSpec]
+) -> None:
+    await fill(nc, two_streams[0], 30, "a")
+    await fill(nc, two_streams[1], 20, "b")
+    stop = asyncio.Event()
+    stop.set()
+    running = build(nc, two_streams)
+    assert await caught_up(running, nats_server.url, helpers_from=1, stop=stop) is False
+    assert helpers_of(os.getpid()) == []
+    assert [p.ready for p in running] == [False, False]
+
+
+async def test_a_state_that_does_not_fit_is_not_adopted(
+    nc: Any, two_streams: tuple[StreamSpec, StreamSpec]
+) -> None:
+    await fill(nc, two_streams[1], 20, "b")
+    source = Projector(nc, two_streams[1], BALANCES)
+    await source.start()
+    await source.wait_ready(5)
+    await source.stop(snapshot=False)
+    ahead = snapshots.decode(source.snapshot_bytes())
+    ahead.seq = 1000  # past the stream's end: from another stream of that name
+    for wrong in (b"not a snapshot", snapshots.encode(ahead)):
+        projector = Projector(nc, two_streams[1], BALANCES)
+        await projector.prepare()
+        assert await projector.adopt(wrong) is False
+        assert (projector.applied, projector.state, projector.positions) == (0, Balances(), {})

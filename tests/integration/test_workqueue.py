@@ -349,6 +349,29 @@ async def test_a_task_not_heard_of_lately_is_not_handed_back(
     await msg.ack_sync()
 
 
+async def test_a_heartbeat_keeps_a_task_listed_unless_two_thirds_of_the_ack_wait_passed(
+    nc: Any, queue: WorkQueue, tmp_path: Path
+) -> None:
+    """Beats go every third of it: a late one still counts, one after two thirds does not (the
+    server may give the task to another worker once a whole ack wait passes)."""
+    await queue.submit(task_subject(queue), b"mine")
+    psub = await nc.jetstream().pull_subscribe_bind(queue.spec.durable, stream=queue.spec.stream.name)
+    (msg,) = await psub.fetch(1, timeout=2)
+    task = Task(msg, queue)
+    held = HeldTasks(tmp_path / "held")
+    wait = queue.spec.ack_wait
+    start = time.monotonic()
+    with mock.patch("hw_events.workqueue.time.monotonic", return_value=start):
+        held.took(task)
+    with mock.patch("hw_events.workqueue.time.monotonic", return_value=start + 0.6 * wait):
+        held.beat(task, wait)  # late, but within two thirds: kept, and heard of now
+    assert listed(held.path) == [msg.reply]
+    with mock.patch("hw_events.workqueue.time.monotonic", return_value=start + (0.6 + 0.7) * wait):
+        held.beat(task, wait)  # silent for 0.7 of it since: dropped
+    assert listed(held.path) == []
+    await msg.ack_sync()
+
+
 async def test_a_worker_lists_only_the_tasks_it_holds_unsettled(
     nc: Any, queue: WorkQueue, tmp_path: Path
 ) -> None:
