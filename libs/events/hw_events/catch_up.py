@@ -135,13 +135,28 @@ async def _adopted(projector: Projector[Any], state: bytes) -> bool:
         return False
 
 
-def cores(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+def cores(cgroup: Path | None = None) -> int:
     """The cores this process may keep busy: those it may run on (a CPU set), but no more than
     its CPU quota, rounded down (a container limited to 1.5 CPUs would only be throttled by a
     second busy process)."""
     count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    quota = cpu_quota(cgroup)
+    quota = cpu_quota(cgroup or own_cgroup())
     return count if quota is None else max(1, min(count, int(quota)))
+
+
+def own_cgroup(root: Path = Path("/sys/fs/cgroup")) -> Path:
+    """This process's cgroup (v2) folder where it has a quota file, else the root: a container
+    with a cgroup namespace sees its own there."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return root
+    for line in lines:
+        if line.startswith("0::"):
+            mine = root / line[3:].strip().lstrip("/")
+            if (mine / "cpu.max").exists():
+                return mine
+    return root
 
 
 def cpu_quota(cgroup: Path) -> float | None:
